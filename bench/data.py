@@ -1,0 +1,116 @@
+"""Tasks and their splits: the declarative record a task registers, and the batches the engine consumes.
+
+Splits yield uint8 image batches; `Preprocess` turns them into what a backbone expects (its resolution and its
+normalisation) on the device, so one decoded copy of a task serves every backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Split(Protocol):
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Yield (uint8 images N×3×H×W, int64 labels); shuffled when a generator is given."""
+        ...
+
+    def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` images drawn without replacement (all of them when the split is smaller)."""
+        ...
+
+
+def tensor_batches(
+    inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[Batch]:
+    """Slice aligned tensors into batches, in a generator-seeded random order when a generator is given."""
+    order = torch.randperm(len(labels), generator=generator) if generator is not None else None
+    for start in range(0, len(labels), batch_size):
+        if order is None:
+            yield inputs[start:start + batch_size], labels[start:start + batch_size]
+        else:
+            index = order[start:start + batch_size]
+            yield inputs[index], labels[index]
+
+
+@dataclass
+class TensorSplit:
+    """A split held in memory: small tasks, decoded once."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 N×3×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        return tensor_batches(self.images, self.labels, batch_size, generator)
+
+    def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        return self.images[torch.randperm(len(self), generator=generator)[:count]]
+
+
+@dataclass
+class TaskData:
+    train: Split
+    val: Split
+    test: Split
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A downstream classification task: what it is and how to load it.
+
+    Attributes:
+        name: public name (`cub`, `digits`, ...).
+        group: family and group, e.g. `micro/structured`, `vtab/natural`, `fgvc`.
+        num_classes: number of classes; labels are 0..num_classes-1.
+        load: builds the task's splits (seeded and fixed for a given task).
+        epochs: default training epochs for this task.
+    """
+
+    name: str
+    group: str
+    num_classes: int
+    load: Callable[[], TaskData]
+    epochs: int = 10
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(task: Task, description: str) -> Task:
+    return TASKS.register(task.name, task, description)
+
+
+class Preprocess(nn.Module):
+    """uint8 batch → float batch at the backbone's resolution, normalised with the backbone's mean and std."""
+
+    def __init__(self, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", antialias=True)
+        return (x - self.mean) / self.std

@@ -1,0 +1,267 @@
+"""Train and evaluate one run: backbone -> method -> optimisation -> record.
+
+The engine trains whatever the method marked learnable. When the method says its trunk is frozen (the linear probe),
+features of the train and val splits are extracted once and only the head trains on them; test features are
+extracted in the final evaluation, so the test split is read once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from bench import BenchError
+from bench.backbone import load_backbone
+from bench.config import RunSpec, TrainConfig
+from bench.data import TASKS, Preprocess, Split, tensor_batches
+from bench.method import METHODS, Adapted, BuildContext
+
+EpochCallback = Callable[[int, int, float, float], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+def resolve_hparams(method: str, task: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The method's full, validated config for `task` as a plain dict; epochs=0 becomes the task's default."""
+    config = METHODS.get(method).config_cls.from_overrides(overrides)
+    hparams = config.to_dict()
+    if hparams["epochs"] == 0:
+        hparams["epochs"] = TASKS.get(task).epochs
+    return hparams
+
+
+@dataclass
+class _Timer:
+    seconds: float = 0.0
+
+    def __enter__(self) -> "_Timer":
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def run(spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Execute `spec` and return its record (a JSON-ready dict)."""
+    dev = torch.device(device)
+    method = METHODS.get(spec.method)
+    config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
+    task = TASKS.get(spec.task)
+    data = task.load()
+
+    torch.manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.seed)
+    backbone = load_backbone(spec.backbone, spec.weights)
+    backbone.model.to(dev)
+    preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std).to(dev)
+    if _is_cuda(dev):
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    ctx = BuildContext(backbone, task.num_classes, data.train, preprocess, generator, dev)
+    adapted = method.build(config, ctx)
+    adapted.trunk.to(dev)
+    adapted.head.to(dev)
+    learnable = _learnable(adapted)
+    params = _param_counts(adapted, learnable, backbone.num_params)
+
+    timers = {name: _Timer() for name in ("feature_cache", "train", "eval")}
+    if adapted.trunk_frozen:
+        with timers["feature_cache"]:
+            train_in = _features(adapted.trunk, data.train, preprocess, config.batch_size, dev)
+            val_in = _features(adapted.trunk, data.val, preprocess, config.batch_size, dev)
+        model: nn.Module = adapted.head
+        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x  # noqa: E731
+        train_batches = lambda gen: tensor_batches(*train_in, config.batch_size, gen)  # noqa: E731
+        val_batches = lambda: tensor_batches(*val_in, config.batch_size)  # noqa: E731
+    else:
+        model = nn.Sequential(adapted.trunk, adapted.head)
+        prepare = preprocess
+        train_batches = lambda gen: data.train.batches(config.batch_size, gen)  # noqa: E731
+        val_batches = lambda: data.val.batches(config.batch_size)  # noqa: E731
+
+    optimizer = _optimizer(learnable, config)
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    epochs = config.epochs or task.epochs
+    scheduler = _warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+
+    curves: dict[str, list[float]] = {"train_loss": [], "val_acc": []}
+    for epoch in range(epochs):
+        model.train()
+        with timers["train"]:
+            total = torch.zeros((), device=dev)
+            seen = 0
+            for inputs, labels in train_batches(generator):
+                inputs, labels = prepare(inputs.to(dev, non_blocking=True)), labels.to(dev, non_blocking=True)
+                loss = loss_fn(model(inputs), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.detach() * len(labels)
+                seen += len(labels)
+            train_loss = float(total) / seen
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
+        with timers["eval"]:
+            val_acc = _accuracy(model, val_batches(), prepare, dev)
+        curves["train_loss"].append(train_loss)
+        curves["val_acc"].append(val_acc)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs, train_loss, val_acc)
+
+    test_timer = _Timer()
+    with test_timer:
+        # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
+        test_model = nn.Sequential(adapted.trunk, adapted.head) if adapted.trunk_frozen else model
+        test_acc = _accuracy(test_model, data.test.batches(config.batch_size), preprocess, dev)
+    timers["eval"].seconds += test_timer.seconds
+
+    train_images = epochs * len(data.train)
+    return {
+        "id": spec.run_id,
+        "spec": spec.to_dict(),
+        "status": "done",
+        "task": {"name": task.name, "group": task.group, "num_classes": task.num_classes, **data.info},
+        "backbone": backbone.describe(),
+        "method_info": adapted.info,
+        "curves": curves,
+        "metrics": {"val_acc": curves["val_acc"][-1] if curves["val_acc"] else None, "test_acc": test_acc},
+        "params": params,
+        "extra_tokens": adapted.extra_tokens,
+        "wallclock": {
+            "prompt_construction": adapted.setup_seconds,
+            "feature_cache": timers["feature_cache"].seconds,
+            "train": timers["train"].seconds,
+            "eval": timers["eval"].seconds,
+        },
+        "throughput": {
+            "train_images_per_s": train_images / timers["train"].seconds if timers["train"].seconds else None,
+            "test_images_per_s": len(data.test) / test_timer.seconds,
+        },
+        "memory": _peak_memory(dev),
+        "provenance": provenance(dev),
+    }
+
+
+def _is_cuda(dev: torch.device) -> bool:
+    return dev.type == "cuda"
+
+
+def _learnable(adapted: Adapted) -> list[tuple[str, nn.Parameter]]:
+    named = list(adapted.trunk.named_parameters(prefix="trunk")) + list(adapted.head.named_parameters(prefix="head"))
+    unique: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, param in named:
+        if param.requires_grad:
+            unique.setdefault(id(param), (name, param))
+    return list(unique.values())
+
+
+def _param_counts(adapted: Adapted, learnable: list[tuple[str, nn.Parameter]], backbone_params: int) -> dict[str, Any]:
+    total = sum(p.numel() for _, p in learnable)
+    head = sum(p.numel() for p in adapted.head.parameters() if p.requires_grad)
+    return {
+        "backbone": backbone_params,
+        "learnable": total,
+        "learnable_without_head": total - head,
+        "head": head,
+        "learnable_pct": 100.0 * total / backbone_params,
+        "learnable_without_head_pct": 100.0 * (total - head) / backbone_params,
+    }
+
+
+def _optimizer(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -> torch.optim.Optimizer:
+    if not learnable:
+        raise BenchError("the method left nothing learnable; check its configuration")
+    # Biases and norm parameters are 1-D; decaying them towards 0 only hurts.
+    decay = [p for _, p in learnable if p.ndim > 1]
+    no_decay = [p for _, p in learnable if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def _features(
+    trunk: nn.Module, split: Split, preprocess: Preprocess, batch_size: int, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    trunk.eval()
+    feats, labels = [], []
+    for images, y in split.batches(batch_size):
+        feats.append(trunk(preprocess(images.to(dev))))
+        labels.append(y.to(dev))
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def _accuracy(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    dev: torch.device,
+) -> float:
+    model.eval()
+    correct = count = 0
+    for inputs, labels in batches:
+        predictions = model(prepare(inputs.to(dev))).argmax(dim=1)
+        correct += int((predictions == labels.to(dev)).sum())
+        count += len(labels)
+    return 100.0 * correct / count
+
+
+def _peak_memory(dev: torch.device) -> dict[str, Any]:
+    if _is_cuda(dev):
+        return {"kind": "cuda_max_allocated", "mb": torch.cuda.max_memory_allocated(dev) / 2**20}
+    # ru_maxrss is the whole process's peak in KiB on Linux: an upper bound for this run.
+    return {"kind": "process_peak_rss", "mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def provenance(dev: torch.device) -> dict[str, Any]:
+    versions = {}
+    for package in ("bench", "torch", "timm", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "versions": {**versions, "python": platform.python_version()},
+        "git_commit": _git_commit(),
+        "device": torch.cuda.get_device_name(dev) if _is_cuda(dev) else f"cpu ({platform.processor() or platform.machine()})",
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None

@@ -1,0 +1,75 @@
+"""The interface between the harness and a tuning method.
+
+A method is a config dataclass (its validated hyper-parameters) and a builder that adapts a frozen backbone into a
+trunk (images -> features) and a head (features -> logits). The engine never asks which method it runs: it trains
+whatever the builder marked learnable, and caches trunk features when the builder says the trunk is frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bench.backbone import Backbone
+from bench.config import TrainConfig
+from bench.data import Preprocess, Split
+from bench.registry import Registry
+
+
+@dataclass
+class Adapted:
+    """A backbone adapted by a method.
+
+    Attributes:
+        trunk: images (preprocessed) -> features.
+        head: features -> logits.
+        trunk_frozen: the trunk learns nothing and is deterministic, so its features may be computed once.
+        extra_tokens: tokens the method adds to each image's sequence (per block for deep prompts).
+        setup_seconds: wall-clock spent building the method before training (SPT's prompt construction).
+        info: method-specific facts worth recording (prompt init, layers prompted, ...).
+    """
+
+    trunk: nn.Module
+    head: nn.Module
+    trunk_frozen: bool
+    extra_tokens: int = 0
+    setup_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use: the backbone, the task's training split, a seeded generator and the device."""
+
+    backbone: Backbone
+    num_classes: int
+    train: Split
+    preprocess: Preprocess
+    generator: torch.Generator
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Method:
+    config_cls: type[TrainConfig]
+    build: Callable[[Any, BuildContext], Adapted]
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(name: str, config_cls: type[TrainConfig], description: str) -> Callable:
+    """Decorator: register `build(config, ctx) -> Adapted` under `name` with its config class."""
+
+    def wrap(build: Callable[[Any, BuildContext], Adapted]) -> Callable[[Any, BuildContext], Adapted]:
+        METHODS.register(name, Method(config_cls, build), description)
+        return build
+
+    return wrap
+
+
+def linear_head(backbone: Backbone, num_classes: int) -> nn.Linear:
+    return nn.Linear(backbone.num_features, num_classes)

@@ -1,0 +1,87 @@
+"""The results store: one JSON record per run, named by the run's stable id.
+
+Records are written to a temporary file in the same directory and renamed into place, so a reader (or a run killed
+mid-write) never sees half a record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import BenchError
+
+RECORDS = "runs"
+
+
+class Store:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.runs = self.root / RECORDS
+
+    def path(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.json"
+
+    def read(self, run_id: str) -> dict[str, Any] | None:
+        path = self.path(run_id)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def is_done(self, run_id: str) -> bool:
+        record = self.read(run_id)
+        return record is not None and record.get("status") == "done"
+
+    def write(self, record: dict[str, Any]) -> Path:
+        try:
+            self.runs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(f"cannot create results directory {self.runs}: {exc.strerror}; pass --results DIR") from None
+        target = self.path(record["id"])
+        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=f".{record['id']}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.runs.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*.json"))]
+
+    def load(self) -> pd.DataFrame:
+        """All records as one row each: spec fields, hyper-parameters (`hp.*`), metrics and efficiency columns."""
+        rows = [flatten(record) for record in self.records()]
+        return pd.DataFrame(rows)
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    spec = record["spec"]
+    row: dict[str, Any] = {
+        "id": record["id"],
+        "status": record["status"],
+        "method": spec["method"],
+        "task": spec["task"],
+        "backbone": spec["backbone"],
+        "seed": spec["seed"],
+        "weights": spec.get("weights"),
+    }
+    row.update({f"hp.{k}": v for k, v in spec["hparams"].items()})
+    for section in ("metrics", "params", "wallclock", "throughput"):
+        row.update({f"{section}.{k}" if section != "metrics" else k: v for k, v in record.get(section, {}).items()})
+    if "task" in record:
+        row["group"] = record["task"].get("group")
+    if "error" in record:
+        row["error"] = record["error"]
+    return row

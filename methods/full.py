@@ -1,0 +1,21 @@
+"""Full fine-tuning: every backbone parameter learns, with a fresh classifier head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.backbone import ViTFeatures
+from bench.config import TrainConfig
+from bench.method import Adapted, BuildContext, linear_head, register_method
+
+
+@dataclass(frozen=True)
+class FullConfig(TrainConfig):
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+
+
+@register_method("full", FullConfig, "Full fine-tuning: every backbone parameter and the head learn")
+def build_full(config: FullConfig, ctx: BuildContext) -> Adapted:
+    ctx.backbone.model.requires_grad_(True)
+    return Adapted(ViTFeatures(ctx.backbone.model), linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False)

@@ -1,0 +1,3 @@
+"""Task families; importing this package registers every task."""
+
+from tasks import micro  # noqa: F401
