@@ -141,11 +141,11 @@ def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0) -
 
     sha = fmt = None
     if weights is not None:
-        model = _create(arch, create_kwargs, seed)
+        model = create_vit(arch, create_kwargs, seed)
         fmt, sha = load_checkpoint(model, Path(weights))
         source = str(weights)
     elif entry.packaged_weights and (WEIGHTS_DIR / entry.packaged_weights).exists():
-        model = _create(arch, create_kwargs, seed)
+        model = create_vit(arch, create_kwargs, seed)
         fmt, sha = load_checkpoint(model, WEIGHTS_DIR / entry.packaged_weights)
         source = f"package:{entry.packaged_weights}"
     elif entry.hub_weights and "." in entry.timm_name:
@@ -156,7 +156,7 @@ def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0) -
             f"backbone {name!r} has no weights here; pass --weights PATH to {entry.weights_hint}"
         )
     else:
-        model = _create(arch, create_kwargs, seed)
+        model = create_vit(arch, create_kwargs, seed)
         source = f"random-init(seed={seed})"
 
     model.requires_grad_(False)
@@ -175,6 +175,12 @@ def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0) -
     )
 
 
+def check_backbone_name(name: str) -> None:
+    """Fail early, with the valid names, on a backbone that is neither registered nor a timm model."""
+    if name not in BACKBONES:
+        _timm_entry(name)
+
+
 def _timm_entry(name: str) -> BackboneEntry:
     if not timm.is_model(name.split(".")[0]):
         raise BenchError(
@@ -184,7 +190,7 @@ def _timm_entry(name: str) -> BackboneEntry:
     return BackboneEntry(name, "token", hub_weights="." in name)
 
 
-def _create(arch: str, kwargs: dict[str, Any], seed: int) -> VisionTransformer:
+def create_vit(arch: str, kwargs: dict[str, Any], seed: int) -> VisionTransformer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model(arch, pretrained=False, **kwargs)
@@ -235,6 +241,13 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> tuple[str, str]:
     state, fmt = unwrap_state_dict(raw)
     state = {k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY_PREFIXES)}
     state = checkpoint_filter_fn(state, model)
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise BenchError(
+            f"checkpoint {path} ({fmt} form) has other shapes than {model.default_cfg.get('architecture')} "
+            f"(width {model.embed_dim}): {wrong[0]}{', ...' if len(wrong) > 1 else ''}; pass weights for the same ViT size"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BenchError(
@@ -245,17 +258,24 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> tuple[str, str]:
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # MAE and MoCo-v3 files pickle their argparse namespace beside the weights; the user chose this file.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError) as exc:
-        raise BenchError(f"cannot read checkpoint {path}: {exc}; expected a torch .pth/.pth.tar file") from None
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # MAE and MoCo-v3 files pickle their argparse namespace beside the weights; the user chose this file.
+            raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch and safetensors raise many types on a file that is not theirs
+        raise BenchError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}); expected a torch .pth/.pth.tar, .safetensors "
+            "or .npz file"
+        ) from None
+    if not isinstance(raw, dict):
+        raise BenchError(f"checkpoint {path} holds a {type(raw).__name__}, not a state dict; pass a ViT checkpoint")
+    return raw
 
 
 def unwrap_state_dict(raw: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:

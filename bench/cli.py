@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+from rich.progress import TextColumn
 from rich.table import Table
 
 from bench import BenchError
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate methods × tasks × seeds; one JSON record per run")
     run.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list, aliases, globs (default {DEFAULT_METHODS})")
     run.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma list, aliases, globs (default {DEFAULT_TASKS})")
-    run.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registered name or timm ViT (default {DEFAULT_BACKBONE})")
+    run.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                     help=f"comma list of registered names or timm ViTs (default {DEFAULT_BACKBONE})")
     run.add_argument("--weights", type=Path, help="local checkpoint: timm/.safetensors, .npz, MAE or MoCo-v3 .pth")
     run.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
     run.add_argument("--epochs", type=_positive, help="override every run's epochs")
@@ -68,10 +69,97 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE[,VALUE..]",
                      help="hyper-parameter; a comma list sweeps it (repeatable)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    run.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
+    run.add_argument("--protocol", choices=["tune", "fixed"],
+                     help="tune: search on val, then train+val -> test over seeds; fixed: the given hyper-parameters "
+                          "(default: each task's own, tune for FGVC/VTAB, fixed for the micro suite)")
+    run.add_argument("--jobs", type=_positive, default=1, help="local worker processes (default 1)")
+    run.add_argument("--backend", choices=["loky", "dask"], default="loky", help="joblib backend (default loky)")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler address for --backend dask")
+    run.add_argument("--dry-run", action="store_true", help="print the grid and what is already done; run nothing")
+    run.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+
+    pretrain = sub.add_parser("pretrain", help="pre-train the micro backbone offline (masked autoencoder)")
+    pretrain.add_argument("objective", choices=["mae"], help="pre-training objective")
+    pretrain.add_argument("--out", type=Path, default=Path("bench/weights/micro_mae.safetensors"),
+                          help="where to write the encoder (safetensors; a .log.json goes beside it)")
+    pretrain.add_argument("--epochs", type=_positive, help="override the recipe's epochs")
+    pretrain.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+    report = sub.add_parser("report", help="paper-style tables (LaTeX, Markdown, CSV) and figures from the records")
+    report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
+    report.add_argument("--out", type=Path, help="output directory (default RESULTS/report)")
+    report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
+    report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap CI")
 
     lst = sub.add_parser("list", help="show registered methods, tasks and backbones")
     lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones"], help="one registry (default all)")
+    data = sub.add_parser("data", help="inspect datasets on disk")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    check = data_sub.add_parser("check", help="find each task's files, check splits, labels and images")
+    check.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
+    check.add_argument("--tasks", default="fgvc,vtab", help="comma list, aliases, globs (default fgvc,vtab)")
     return parser
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from bench.report import build_report, to_rich
+
+    pair = None
+    if args.compare is not None:
+        pair = tuple(name.strip() for name in args.compare.split(","))
+        if len(pair) != 2 or not all(pair):
+            raise BenchError(f"--compare {args.compare!r}: expected two methods, e.g. --compare spt-deep,vpt-deep")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    report = build_report(args.results, args.out or args.results / "report", formats, pair)
+    console.print(to_rich(report.summary))
+    for note in report.notes:
+        console.print(f"note: {note}", style="dim", highlight=False, markup=False)
+    for path in report.paths:
+        console.print(f"wrote {path}", highlight=False)
+    if report.comparison is not None:
+        c = report.comparison
+        console.print(
+            f"{c.a} − {c.b}: {c.mean:+.2f} points over {c.pairs} (backbone, task, seed) pairs, "
+            f"{c.confidence:.0%} bootstrap CI [{c.low:+.2f}, {c.high:+.2f}]", highlight=False, markup=False
+        )
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
+    import dataclasses
+    import json
+
+    from bench.backbone import sha256_file
+    from bench.pretrain import MAERecipe, pretrain_mae, save_encoder
+
+    recipe = MAERecipe(seed=args.seed)
+    if args.epochs:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    with RichProgress(*RichProgress.get_default_columns(), TextColumn("{task.fields[status]}"), console=console,
+                      disable=not console.is_terminal) as bar:
+        task = bar.add_task("MAE pre-training", total=recipe.epochs, status="")
+
+        def on_epoch(epoch: int, epochs: int, loss: float, seconds: float) -> None:
+            bar.update(task, completed=epoch, status=f"loss {loss:.4f}")
+            if not console.is_terminal:
+                console.print(f"epoch {epoch}/{epochs} loss {loss:.4f} ({seconds:.0f} s)", highlight=False)
+
+        encoder, log = pretrain_mae(recipe, on_epoch)
+    save_encoder(encoder, args.out)
+    log["sha256"] = sha256_file(args.out)
+    log_path = args.out.with_suffix(".log.json")
+    log_path.write_text(json.dumps(log, indent=1))
+    console.print(f"wrote {args.out} (sha256 {log['sha256'][:12]}…) and {log_path}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, console: Console) -> int:
+    from bench.datacheck import check_tasks, render
+
+    checks = check_tasks(_registries()["tasks"].resolve(args.tasks), args.data_root)
+    render(checks, console)
+    return 0 if all(check.usable for check in checks) else 1
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
@@ -91,30 +179,106 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     registries = _registries()
-    from bench.scheduler import expand_grid, parse_sets, run_grid
-    from bench.store import Store
+    from bench.backbone import check_backbone_name
+    from bench.progress import GridDisplay
+    from bench.scheduler import Execution, Grid, execute, final_specs, parse_sets, select_best
+    from bench.store import Store, summarise
 
     if args.weights is not None and not args.weights.is_file():
         raise BenchError(f"--weights {args.weights} does not exist; pass a checkpoint file")
     _check_device(args.device)
+    if args.backend == "dask" and not args.scheduler:
+        raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
     method_names = registries["methods"].resolve(args.methods)
     task_names = registries["tasks"].resolve(args.tasks)
+    backbones = [name.strip() for name in args.backbone.split(",") if name.strip()]
+    for name in backbones:
+        check_backbone_name(name)
     sweeps = parse_sets(args.sets)
     if args.epochs is not None:
         sweeps["epochs"] = [str(args.epochs)]
     weights = str(args.weights.resolve()) if args.weights else None
-    specs = expand_grid(method_names, task_names, args.backbone, args.seeds, sweeps, weights)
+    tasks_by_protocol: dict[str, list[str]] = {}
+    for name in task_names:
+        # Loading reads list files, not images: a missing dataset fails here, before the first run.
+        task = registries["tasks"].get(name)
+        task.load(args.data_root)
+        tasks_by_protocol.setdefault(args.protocol or task.protocol, []).append(name)
+    grids = {
+        protocol: Grid(method_names, names, backbones, args.seeds, sweeps, weights)
+        for protocol, names in tasks_by_protocol.items()
+    }
     store = Store(args.results)
-    with _RichProgress(console) as progress:
-        result = run_grid(specs, store, device=args.device, progress=progress)
-
-    console.print(
-        f"{len(result.done)} run(s) done, {len(result.skipped)} already done, {len(result.failed)} failed; "
-        f"records in {store.runs}"
+    execution = Execution(
+        store, args.device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed
     )
-    for spec, reason in result.failed:
-        console.print(f"[red]failed[/red] {spec.label}: {reason}")
-    return 1 if result.failed else 0
+    if args.dry_run:
+        return _dry_run(grids, execution, args.seeds, set(sweeps), console)
+
+    outcomes = []
+    reported = []
+    with GridDisplay(console) as display:
+        if "fixed" in grids:
+            specs = grids["fixed"].fixed_specs()
+            outcomes += execute(specs, execution, display, "runs").outcomes
+            reported += specs
+        if "tune" in grids:
+            tuning = grids["tune"].tuning_specs()
+            outcomes += execute(tuning, execution, display, "stage 1: tune on val").outcomes
+            best, unselectable = select_best(tuning, store)
+            for group in unselectable:
+                console.print(f"no stage-1 run of {' · '.join(map(str, group[:3]))} finished; nothing to select")
+            finals = final_specs(best, args.seeds)
+            outcomes += execute(finals, execution, display, "stage 2: train+val -> test").outcomes
+            reported += finals
+
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "busy", "failed")}
+    console.print(
+        f"{counts['done']} run(s) done, {counts['skipped']} already finished, {counts['busy']} running elsewhere, "
+        f"{counts['failed']} failed; records in {store.runs}", highlight=False,
+    )
+    table = summarise(store.load(), {spec.run_id for spec in reported})
+    if not table.empty:
+        console.print(_frame_table(table, "test accuracy (%): mean ± sample std over seeds"))
+    failed = [o for o in outcomes if o.status == "failed"]
+    for outcome in failed:
+        console.print(f"failed {outcome.spec.label}: {outcome.error}", style="red", highlight=False, markup=False)
+    if failed:
+        console.print("rerun with --retry-failed to try the failed runs again", highlight=False)
+    return 1 if failed else 0
+
+
+def _dry_run(grids: dict[str, Any], execution: Any, seeds: list[int], swept: set[str], console: Console) -> int:
+    table = Table(title="grid (dry run: nothing is executed)", title_justify="left")
+    for column in ("stage", "method", "task", "backbone", "seed", "hyper-parameters", "status", "id"):
+        table.add_column(column)
+    specs = []
+    if "fixed" in grids:
+        specs += grids["fixed"].fixed_specs()
+    if "tune" in grids:
+        specs += grids["tune"].tuning_specs()
+    for spec in specs:
+        record = execution.store.read(spec.run_id)
+        status = record["status"] if record else "pending"
+        shown = {"lr", "weight_decay", "epochs", *swept}
+        hparams = ", ".join(f"{k}={v}" for k, v in spec.hparams.items() if k in shown)
+        table.add_row(spec.stage, spec.method, spec.task, spec.backbone, str(spec.seed), hparams, status, spec.run_id)
+    console.print(table)
+    line = f"{len(specs)} run(s)"
+    if "tune" in grids:
+        groups = {(s.method, s.task, s.backbone) for s in grids["tune"].tuning_specs()}
+        line += f"; after tuning, stage 2 trains {len(groups)} selected setting(s) × {len(seeds)} seed(s)"
+    console.print(line, highlight=False)
+    return 0
+
+
+def _frame_table(frame: Any, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(value) for value in row))
+    return table
 
 
 def _check_device(device: str) -> None:
@@ -132,57 +296,13 @@ def _check_device(device: str) -> None:
     raise BenchError(f"--device {device!r} is not valid; use cpu, cuda or cuda:N")
 
 
-class _RichProgress:
-    """Overall runs with an ETA, and the current run's epoch and loss; plain lines when not on a terminal."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.live = console.is_terminal
-        self.bar = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console, disable=not self.live,
-        )
-
-    def __enter__(self) -> "_RichProgress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
-
-    def grid_started(self, total: int, skipped: int) -> None:
-        self.overall = self.bar.add_task("runs", total=total, completed=skipped, status="")
-        self.current = None
-        self._log(f"{total} run(s) in the grid, {skipped} already done")
-
-    def run_started(self, spec: Any) -> None:
-        self.current = self.bar.add_task(f"  {spec.label}", total=spec.hparams["epochs"], status="")
-        self._log(f"start {spec.label}")
-
-    def epoch(self, spec: Any, epoch: int, epochs: int, loss: float, val_acc: float) -> None:
-        self.bar.update(self.current, completed=epoch, status=f"loss {loss:.3f} val {val_acc:.1f}%")
-        self._log(f"  epoch {epoch}/{epochs} loss {loss:.4f} val_acc {val_acc:.2f}")
-
-    def run_finished(self, spec: Any, record: dict[str, Any]) -> None:
-        self.bar.remove_task(self.current)
-        self.bar.advance(self.overall)
-        if record["status"] == "done":
-            message = f"done  {spec.label}: test {record['metrics']['test_acc']:.2f}%"
-        else:
-            message = f"FAILED {spec.label}: {record['error']}"
-        self.console.print(message) if self.live else self._log(message)
-
-    def _log(self, message: str) -> None:
-        if not self.live:
-            self.console.print(message, highlight=False, soft_wrap=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
     try:
         args = build_parser().parse_args(argv)
-        command = {"run": cmd_run, "list": cmd_list}[args.command]
+        command = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "pretrain": cmd_pretrain,
+                   "report": cmd_report}[args.command]
         return command(args, console)
     except BenchError as exc:
         errors.print(f"bench: error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -92,6 +92,7 @@ class RunSpec:
     seed: int
     hparams: dict[str, Any]
     weights: str | None = None
+    stage: str = "fixed"  # fixed | tune (train -> val) | final (train+val -> test)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,4 +104,5 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.method} · {self.task} · {self.backbone} · seed {self.seed}"
+        stage = "" if self.stage == "fixed" else f" · {self.stage}"
+        return f"{self.method} · {self.task} · {self.backbone} · seed {self.seed}{stage}"

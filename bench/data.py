@@ -7,6 +7,7 @@ normalisation) on the device, so one decoded copy of a task serves every backbon
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
@@ -27,6 +28,10 @@ class Split(Protocol):
 
     def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` images drawn without replacement (all of them when the split is smaller)."""
+        ...
+
+    def merged_with(self, other: "Split") -> "Split":
+        """This split followed by `other` (the final stage trains on train+val)."""
         ...
 
 
@@ -65,6 +70,9 @@ class TensorSplit:
     def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
         return self.images[torch.randperm(len(self), generator=generator)[:count]]
 
+    def merged_with(self, other: Split) -> TensorSplit:
+        return TensorSplit(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
+
 
 @dataclass
 class TaskData:
@@ -82,15 +90,19 @@ class Task:
         name: public name (`cub`, `digits`, ...).
         group: family and group, e.g. `micro/structured`, `vtab/natural`, `fgvc`.
         num_classes: number of classes; labels are 0..num_classes-1.
-        load: builds the task's splits (seeded and fixed for a given task).
+        load: builds the task's splits (seeded and fixed for a given task) from the data root; tasks generated in
+            memory ignore the root, file-backed ones (a `bench.layouts.DataSource`) fall back to `$BENCH_DATA`.
         epochs: default training epochs for this task.
+        protocol: default evaluation protocol: `tune` (search on val, then train+val -> test; benchmarks) or
+            `fixed` (the given hyper-parameters; the micro suite, whose purpose is a quick, cheap signal).
     """
 
     name: str
     group: str
     num_classes: int
-    load: Callable[[], TaskData]
+    load: Callable[[Path | None], TaskData]
     epochs: int = 10
+    protocol: str = "tune"
 
 
 TASKS: Registry[Task] = Registry("task")

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from bench import BenchError
-from bench.backbone import load_backbone
+from bench.backbone import Backbone, load_backbone
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Preprocess, Split, tensor_batches
-from bench.method import METHODS, Adapted, BuildContext
+from bench.method import METHODS, Adapted, BuildContext, Probe
 
 EpochCallback = Callable[[int, int, float, float], None]
 
@@ -54,13 +54,24 @@ class _Timer:
         self.seconds += time.perf_counter() - self._start
 
 
-def run(spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None) -> dict[str, Any]:
-    """Execute `spec` and return its record (a JSON-ready dict)."""
+def run(
+    spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None, data_root: Path | None = None
+) -> dict[str, Any]:
+    """Execute `spec` and return its record (a JSON-ready dict).
+
+    `data_root` is where file-backed tasks find their datasets; it is not part of the spec (nor its id): the same
+    data may live in different places on different machines.
+    """
     dev = torch.device(device)
     method = METHODS.get(spec.method)
     config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
     task = TASKS.get(spec.task)
-    data = task.load()
+    data = task.load(data_root)
+    # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
+    # only stage that reads test; `fixed` trains on train, follows val and reports test.
+    train_split = data.train.merged_with(data.val) if spec.stage == "final" else data.train
+    scores_val = spec.stage != "final"
+    reads_test = spec.stage != "tune"
 
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
@@ -70,18 +81,24 @@ def run(spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = Non
     if _is_cuda(dev):
         torch.cuda.reset_peak_memory_stats(dev)
 
-    ctx = BuildContext(backbone, task.num_classes, data.train, preprocess, generator, dev)
+    ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev)
     adapted = method.build(config, ctx)
     adapted.trunk.to(dev)
     adapted.head.to(dev)
     learnable = _learnable(adapted)
     params = _param_counts(adapted, learnable, backbone.num_params)
 
-    timers = {name: _Timer() for name in ("feature_cache", "train", "eval")}
+    timers = {name: _Timer() for name in ("feature_cache", "train", "eval", "probe")}
+    curves: dict[str, list[Any]] = {"train_loss": [], "val_acc": []}
+    if adapted.probe is not None:
+        # The first images of the unshuffled train split: the same batch at every epoch, and never the test split.
+        probe_batch = preprocess(next(iter(train_split.batches(adapted.probe.images)))[0].to(dev))
+        with timers["probe"]:
+            _measure(adapted.probe, adapted.trunk, probe_batch, curves)
     if adapted.trunk_frozen:
         with timers["feature_cache"]:
-            train_in = _features(adapted.trunk, data.train, preprocess, config.batch_size, dev)
-            val_in = _features(adapted.trunk, data.val, preprocess, config.batch_size, dev)
+            train_in = _features(adapted.trunk, train_split, preprocess, config.batch_size, dev)
+            val_in = _features(adapted.trunk, data.val, preprocess, config.batch_size, dev) if scores_val else None
         model: nn.Module = adapted.head
         prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x  # noqa: E731
         train_batches = lambda gen: tensor_batches(*train_in, config.batch_size, gen)  # noqa: E731
@@ -89,16 +106,15 @@ def run(spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = Non
     else:
         model = nn.Sequential(adapted.trunk, adapted.head)
         prepare = preprocess
-        train_batches = lambda gen: data.train.batches(config.batch_size, gen)  # noqa: E731
+        train_batches = lambda gen: train_split.batches(config.batch_size, gen)  # noqa: E731
         val_batches = lambda: data.val.batches(config.batch_size)  # noqa: E731
 
     optimizer = _optimizer(learnable, config)
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     epochs = config.epochs or task.epochs
-    scheduler = _warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
 
-    curves: dict[str, list[float]] = {"train_loss": [], "val_acc": []}
     for epoch in range(epochs):
         model.train()
         with timers["train"]:
@@ -116,21 +132,27 @@ def run(spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = Non
             train_loss = float(total) / seen
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
-        with timers["eval"]:
-            val_acc = _accuracy(model, val_batches(), prepare, dev)
+        val_acc = None
+        if scores_val:
+            with timers["eval"]:
+                val_acc = _accuracy(model, val_batches(), prepare, dev)
+            curves["val_acc"].append(val_acc)
         curves["train_loss"].append(train_loss)
-        curves["val_acc"].append(val_acc)
+        if adapted.probe is not None:
+            with timers["probe"]:
+                _measure(adapted.probe, adapted.trunk, probe_batch, curves)
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs, train_loss, val_acc)
 
-    test_timer = _Timer()
-    with test_timer:
-        # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
-        test_model = nn.Sequential(adapted.trunk, adapted.head) if adapted.trunk_frozen else model
-        test_acc = _accuracy(test_model, data.test.batches(config.batch_size), preprocess, dev)
-    timers["eval"].seconds += test_timer.seconds
+    test_timer, test_acc = _Timer(), None
+    if reads_test:
+        with test_timer:
+            # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
+            test_model = nn.Sequential(adapted.trunk, adapted.head) if adapted.trunk_frozen else model
+            test_acc = _accuracy(test_model, data.test.batches(config.batch_size), preprocess, dev)
+        timers["eval"].seconds += test_timer.seconds
 
-    train_images = epochs * len(data.train)
+    train_images = epochs * len(train_split)
     return {
         "id": spec.run_id,
         "spec": spec.to_dict(),
@@ -147,13 +169,37 @@ def run(spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = Non
             "feature_cache": timers["feature_cache"].seconds,
             "train": timers["train"].seconds,
             "eval": timers["eval"].seconds,
+            "probe": timers["probe"].seconds,
         },
         "throughput": {
             "train_images_per_s": train_images / timers["train"].seconds if timers["train"].seconds else None,
-            "test_images_per_s": len(data.test) / test_timer.seconds,
+            # Inference throughput: one no-grad pass over the test split, preprocessing included.
+            "test_images_per_s": len(data.test) / test_timer.seconds if reads_test else None,
         },
         "memory": _peak_memory(dev),
-        "provenance": provenance(dev),
+        "provenance": {**provenance(dev), **_input_provenance(backbone, preprocess)},
+    }
+
+
+@torch.no_grad()
+def _measure(probe: Probe, trunk: nn.Module, images: torch.Tensor, curves: dict[str, list[Any]]) -> None:
+    """Append the method's probe measurements to `curves`, one entry per curve, in eval mode (no prompt dropout)."""
+    trunk.eval()
+    for name, value in probe.measure(images).items():
+        curves.setdefault(name, []).append(value)
+
+
+def _input_provenance(backbone: Backbone, preprocess: Preprocess) -> dict[str, Any]:
+    """The timm model the weights belong to, and exactly what was done to a uint8 image before the backbone."""
+    hub = backbone.weights_source.startswith("hub:")
+    return {
+        "timm_name": backbone.weights_source[len("hub:"):] if hub else backbone.model.pretrained_cfg["architecture"],
+        "transform": {
+            "resize": f"bicubic, antialiased, to {preprocess.input_size}×{preprocess.input_size} when sizes differ",
+            "scale": "uint8 / 255",
+            "mean": list(backbone.mean),
+            "std": list(backbone.std),
+        },
     }
 
 
@@ -196,7 +242,7 @@ def _optimizer(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup

@@ -30,6 +30,8 @@ class Adapted:
         extra_tokens: tokens the method adds to each image's sequence (per block for deep prompts).
         setup_seconds: wall-clock spent building the method before training (SPT's prompt construction).
         info: method-specific facts worth recording (prompt init, layers prompted, ...).
+        probe: measurements the method wants recorded at init and after every epoch (SPT's prompt-patch NMI);
+            None for methods with nothing to measure.
     """
 
     trunk: nn.Module
@@ -38,6 +40,21 @@ class Adapted:
     extra_tokens: int = 0
     setup_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    probe: Probe | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A method's own measurement, taken by the engine on a fixed batch of training images so that curves are
+    comparable across epochs, without the engine knowing what is measured.
+
+    Attributes:
+        images: how many training images the probe batch holds (the first ones of the train split).
+        measure: preprocessed probe batch -> {curve name: JSON-ready value}; called in eval mode under no_grad.
+    """
+
+    images: int
+    measure: Callable[[torch.Tensor], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -54,18 +71,29 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method.
+
+    Attributes:
+        config_cls: its hyper-parameters.
+        build: adapts a backbone.
+        search: the grid the `tune` protocol searches on val (hyper-parameter -> values).
+    """
+
     config_cls: type[TrainConfig]
     build: Callable[[Any, BuildContext], Adapted]
+    search: dict[str, list[Any]] = field(default_factory=dict)
 
 
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, config_cls: type[TrainConfig], description: str) -> Callable:
-    """Decorator: register `build(config, ctx) -> Adapted` under `name` with its config class."""
+def register_method(
+    name: str, config_cls: type[TrainConfig], description: str, search: dict[str, list[Any]] | None = None
+) -> Callable:
+    """Decorator: register `build(config, ctx) -> Adapted` under `name` with its config class and search grid."""
 
     def wrap(build: Callable[[Any, BuildContext], Adapted]) -> Callable[[Any, BuildContext], Adapted]:
-        METHODS.register(name, Method(config_cls, build), description)
+        METHODS.register(name, Method(config_cls, build, search or {}), description)
         return build
 
     return wrap

@@ -1,20 +1,35 @@
-"""The grid: expand methods × tasks × hyper-parameter sweeps × seeds into run specs, skip finished ones, run the rest.
+"""The grid: expand methods × tasks × backbones × hyper-parameters × seeds into runs, follow the field's protocol, and
+execute the runs through joblib — local processes (loky) or a Dask cluster (and through dask-jobqueue, SLURM).
 
-A run that fails is recorded as failed with its reason and the grid goes on.
+Protocol `tune` (VPT's): stage 1 trains every point of the method's search grid on train and scores it on val; the
+best point per (method, task, backbone) by val accuracy (ties: the smaller learning rate) is then trained on train+val
+once per seed and scored on test. The test split is read only in that final stage. Protocol `fixed` trains the given
+hyper-parameters on train, follows val, and reports test.
+
+Each run holds a file lock named by its id while it executes, so two `bench run` processes on one results directory
+never execute the same run at once; a run whose record says done is never executed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+from joblib import Parallel, delayed, parallel_config
 
 from bench import BenchError
 from bench.config import RunSpec
 from bench.engine import resolve_hparams, run
 from bench.method import METHODS
 from bench.store import Store
+
+PROTOCOLS = ("tune", "fixed")
 
 
 def parse_sets(items: list[str]) -> dict[str, list[str]]:
@@ -28,78 +43,216 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
     return sweeps
 
 
-def expand_grid(
-    methods: list[str],
-    tasks: list[str],
-    backbone: str,
-    seeds: list[int],
-    sweeps: dict[str, list[str]],
-    weights: str | None = None,
-) -> list[RunSpec]:
-    """Every (method, task, sweep point, seed), each hyper-parameter applied to the methods that have it."""
-    fields = {m: set(METHODS.get(m).config_cls.__dataclass_fields__) for m in methods}
-    for key in sweeps:
-        if not any(key in f for f in fields.values()):
-            valid = sorted(set().union(*fields.values()))
-            raise BenchError(f"no selected method has hyper-parameter {key!r}; valid: {', '.join(valid)}")
-    specs: list[RunSpec] = []
-    for method in methods:
-        own = {k: v for k, v in sweeps.items() if k in fields[method]}
-        for point in itertools.product(*own.values()):
-            overrides = dict(zip(own, point))
-            for task in tasks:
-                hparams = resolve_hparams(method, task, overrides)
-                specs.extend(RunSpec(method, task, backbone, seed, hparams, weights) for seed in seeds)
-    return list({spec.run_id: spec for spec in specs}.values())
+@dataclass(frozen=True)
+class Grid:
+    """What a user asked for: the axes of the grid."""
+
+    methods: list[str]
+    tasks: list[str]
+    backbones: list[str]
+    seeds: list[int]
+    sweeps: dict[str, list[str]] = field(default_factory=dict)
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        fields = set().union(*(self._fields(m) for m in self.methods))
+        for key in self.sweeps:
+            if key not in fields:
+                raise BenchError(f"no selected method has hyper-parameter {key!r}; valid: {', '.join(sorted(fields))}")
+
+    @staticmethod
+    def _fields(method: str) -> set[str]:
+        return set(METHODS.get(method).config_cls.__dataclass_fields__)
+
+    def _points(self, method: str, search: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+        """Every combination of `search`, overridden by the user's sweeps for the keys this method has."""
+        axes = {**search, **{k: v for k, v in self.sweeps.items() if k in self._fields(method)}}
+        for values in itertools.product(*axes.values()):
+            yield dict(zip(axes, values))
+
+    def fixed_specs(self) -> list[RunSpec]:
+        return self._specs(stage="fixed", seeds=self.seeds, use_search=False)
+
+    def tuning_specs(self) -> list[RunSpec]:
+        """Stage 1: the search grid on train -> val, with the first seed (as VPT tunes)."""
+        return self._specs(stage="tune", seeds=self.seeds[:1], use_search=True)
+
+    def _specs(self, stage: str, seeds: list[int], use_search: bool) -> list[RunSpec]:
+        specs: list[RunSpec] = []
+        for method in self.methods:
+            search = METHODS.get(method).search if use_search else {}
+            for point, task, backbone in itertools.product(list(self._points(method, search)), self.tasks, self.backbones):
+                hparams = resolve_hparams(method, task, point)
+                specs.extend(RunSpec(method, task, backbone, s, hparams, self.weights, stage) for s in seeds)
+        return list({spec.run_id: spec for spec in specs}.values())
+
+
+def _group(spec: RunSpec) -> tuple[str, str, str, str | None]:
+    return spec.method, spec.task, spec.backbone, spec.weights
+
+
+def select_best(tuning: list[RunSpec], store: Store) -> tuple[dict[tuple, RunSpec], list[tuple]]:
+    """Per (method, task, backbone, weights): the stage-1 spec with the best val accuracy, ties to the smaller lr.
+
+    Returns the winners and the groups in which no stage-1 run finished (nothing to select from).
+    """
+    scored: dict[tuple, list[tuple[float, float, RunSpec]]] = {}
+    for spec in tuning:
+        record = store.read(spec.run_id)
+        scored.setdefault(_group(spec), [])
+        if record is not None and record["status"] == "done":
+            scored[_group(spec)].append((-record["metrics"]["val_acc"], spec.hparams["lr"], spec))
+    best = {group: min(entries, key=lambda e: e[:2])[2] for group, entries in scored.items() if entries}
+    return best, [group for group, entries in scored.items() if not entries]
+
+
+def final_specs(best: dict[tuple, RunSpec], seeds: list[int]) -> list[RunSpec]:
+    return [
+        RunSpec(s.method, s.task, s.backbone, seed, s.hparams, s.weights, "final")
+        for s in best.values()
+        for seed in seeds
+    ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    spec: RunSpec
+    status: str  # done | failed | skipped (finished before) | busy (another process holds it)
+    test_acc: float | None = None
+    val_acc: float | None = None
+    error: str | None = None
+
+
+class Progress:
+    """What a grid reports while it runs; the CLI renders it. Epoch events arrive only for in-process runs."""
+
+    def grid_started(self, title: str, total: int, skipped: int) -> None: ...
+
+    def run_started(self, spec: RunSpec) -> None: ...
+
+    def epoch(self, spec: RunSpec, epoch: int, epochs: int, loss: float, val_acc: float | None) -> None: ...
+
+    def run_finished(self, outcome: Outcome) -> None: ...
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How runs execute: where, on what, how many at once."""
+
+    store: Store
+    device: str = "cpu"
+    jobs: int = 1
+    backend: str = "loky"  # loky | dask
+    scheduler: str | None = None  # dask scheduler address, tcp://HOST:PORT
+    data_root: Path | None = None
+    retry_failed: bool = False
+
+    def finished(self, spec: RunSpec) -> bool:
+        record = self.store.read(spec.run_id)
+        return record is not None and (record["status"] == "done" or not self.retry_failed)
 
 
 @dataclass
 class GridResult:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def having(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
 
 
-class Progress:
-    """What a grid reports while it runs; the CLI renders it (rich live display or plain lines)."""
+def execute(specs: list[RunSpec], execution: Execution, progress: Progress, title: str = "runs") -> GridResult:
+    """Run every spec not already finished; each run writes its own record (done or failed) where it executes."""
+    pending = [spec for spec in specs if not execution.finished(spec)]
+    progress.grid_started(title, len(specs), len(specs) - len(pending))
+    result = GridResult([Outcome(spec, "skipped") for spec in specs if spec not in pending])
+    if not pending:
+        return result
+    in_process = execution.backend == "loky" and execution.jobs == 1
+    # Each local worker gets its share of the cores: more threads than cores only thrash.
+    threads = None if execution.backend == "dask" else max(1, (os.cpu_count() or 1) // execution.jobs)
+    calls = (
+        delayed(_execute_one)(spec, execution, threads, progress if in_process else None) for spec in pending
+    )
+    with _parallel_backend(execution):
+        n_jobs = -1 if execution.backend == "dask" else execution.jobs
+        for outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(calls):
+            result.outcomes.append(outcome)
+            progress.run_finished(outcome)
+    return result
 
-    def grid_started(self, total: int, skipped: int) -> None: ...
 
-    def run_started(self, spec: RunSpec) -> None: ...
+@contextlib.contextmanager
+def _parallel_backend(execution: Execution) -> Iterator[None]:
+    if execution.backend == "loky":
+        yield
+        return
+    if not execution.scheduler:
+        raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise BenchError("--backend dask needs dask.distributed; install it with pip install -e '.[dask]'") from None
+    try:
+        client = Client(execution.scheduler, timeout="10s")
+    except OSError as exc:
+        raise BenchError(f"cannot reach the Dask scheduler at {execution.scheduler}: {exc}") from None
+    with client, parallel_config(backend="dask"):
+        yield
 
-    def epoch(self, spec: RunSpec, epoch: int, epochs: int, loss: float, val_acc: float) -> None: ...
 
-    def run_finished(self, spec: RunSpec, record: dict[str, Any]) -> None: ...
+def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks: Progress | None) -> Outcome:
+    lock = FileLock(str(execution.store.root / "locks" / f"{spec.run_id}.lock"))
+    (execution.store.root / "locks").mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return Outcome(spec, "busy")
+    try:
+        # Re-read under the lock: another process may have finished this run since the grid was planned.
+        if execution.finished(spec):
+            return Outcome(spec, "skipped")
+        if threads is not None:
+            import torch
 
-
-def run_grid(specs: list[RunSpec], store: Store, device: str = "cpu", progress: Progress | None = None) -> GridResult:
-    progress = progress or Progress()
-    result = GridResult()
-    finished = {spec.run_id for spec in specs if store.is_done(spec.run_id)}
-    pending = [spec for spec in specs if spec.run_id not in finished]
-    result.skipped = sorted(finished)
-    progress.grid_started(len(specs), len(result.skipped))
-    for spec in pending:
-        progress.run_started(spec)
-        on_epoch: Callable[[int, int, float, float], None] = (
-            lambda e, n, loss, acc, spec=spec: progress.epoch(spec, e, n, loss, acc)
-        )
+            torch.set_num_threads(threads)
+        if hooks is not None:
+            hooks.run_started(spec)
+        on_epoch = (lambda e, n, loss, acc: hooks.epoch(spec, e, n, loss, acc)) if hooks is not None else None
         try:
-            record = run(spec, device=device, on_epoch=on_epoch)
-        except BenchError:
-            raise
+            record = run(spec, device=_device(execution), on_epoch=on_epoch, data_root=execution.data_root)
         except Exception as exc:  # any failure of one run is recorded; the grid goes on
-            reason = f"{type(exc).__name__}: {exc}"
+            error = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
             record = {
                 "id": spec.run_id,
                 "spec": spec.to_dict(),
                 "status": "failed",
-                "error": reason,
-                "traceback": traceback.format_exc(limit=-8),
+                "error": error,
+                "traceback": "".join(traceback.format_exc(limit=-6)),
             }
-            result.failed.append((spec, reason))
-        else:
-            result.done.append(spec.run_id)
-        store.write(record)
-        progress.run_finished(spec, record)
-    return result
+        execution.store.write(record)
+        metrics = record.get("metrics", {})
+        return Outcome(spec, record["status"], metrics.get("test_acc"), metrics.get("val_acc"), record.get("error"))
+    finally:
+        lock.release()
+
+
+def _device(execution: Execution) -> str:
+    """`cuda` with several GPUs and several jobs: each worker process claims one GPU no other worker holds."""
+    if execution.device != "cuda" or execution.jobs <= 1:
+        return execution.device
+    import torch
+
+    if not _worker_gpu:
+        for index in range(torch.cuda.device_count()):
+            claim = FileLock(str(execution.store.root / "locks" / f"gpu{index}.lock"))
+            try:
+                claim.acquire(timeout=0)
+            except Timeout:
+                continue
+            _worker_gpu.append((claim, f"cuda:{index}"))
+            break
+    return _worker_gpu[0][1] if _worker_gpu else execution.device
+
+
+# The GPU this worker process claimed, with the lock that holds it until the process exits.
+_worker_gpu: list[tuple[FileLock, str]] = []

@@ -66,6 +66,44 @@ class Store:
         return pd.DataFrame(rows)
 
 
+def variant_labels(rows: pd.DataFrame) -> pd.Series:
+    """Per run, the hyper-parameters that tell it apart from other runs of the same method on the same task and
+    backbone (`init=kmeans`), or "" when there is nothing to tell apart. Settings chosen per task by the `tune`
+    protocol do not vary within a task, so they never split a method into variants."""
+    labels = pd.Series("", index=rows.index, dtype=object)
+    hp = [c for c in rows.columns if c.startswith("hp.")]
+    for _, group in rows.groupby("method"):
+        within = group.groupby(["task", "backbone", "stage"], dropna=False)
+        varying = [c for c in hp if (within[c].nunique(dropna=False) > 1).any()]
+        labels[group.index] = [
+            ", ".join(f"{c[3:]}={row[c]}" for c in varying) for _, row in group[varying].iterrows()
+        ] if varying else ""
+    return labels
+
+
+def summarise(frame: pd.DataFrame, run_ids: set[str] | None = None) -> pd.DataFrame:
+    """Test accuracy per (method, variant, task, backbone) over seeds: mean, sample std (n − 1) and n.
+
+    Only finished runs that read the test split (stages `fixed` and `final`) count; `run_ids` narrows to some runs.
+    """
+    if frame.empty:
+        return pd.DataFrame()
+    rows = frame[(frame["status"] == "done") & frame["stage"].isin(["fixed", "final"])]
+    if run_ids is not None:
+        rows = rows[rows["id"].isin(run_ids)]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(variant=variant_labels(rows))
+    keys = ["method", "variant", "task", "backbone", "stage"]
+    grouped = rows.groupby(keys, dropna=False).agg(
+        mean=("test_acc", "mean"), std=("test_acc", "std"), n=("test_acc", "size")
+    ).reset_index()
+    grouped["test_acc"] = [
+        f"{m:.2f}" if n < 2 else f"{m:.2f} ± {s:.2f}" for m, s, n in zip(grouped["mean"], grouped["std"], grouped["n"])
+    ]
+    return grouped[keys + ["test_acc", "n"]]
+
+
 def flatten(record: dict[str, Any]) -> dict[str, Any]:
     spec = record["spec"]
     row: dict[str, Any] = {
@@ -76,6 +114,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "backbone": spec["backbone"],
         "seed": spec["seed"],
         "weights": spec.get("weights"),
+        "stage": spec.get("stage", "fixed"),
     }
     row.update({f"hp.{k}": v for k, v in spec["hparams"].items()})
     for section in ("metrics", "params", "wallclock", "throughput"):

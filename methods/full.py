@@ -15,7 +15,10 @@ class FullConfig(TrainConfig):
     weight_decay: float = 0.05
 
 
-@register_method("full", FullConfig, "Full fine-tuning: every backbone parameter and the head learn")
+SEARCH = {"lr": [3e-4, 1e-4, 3e-5], "weight_decay": [0.05, 0.01]}
+
+
+@register_method("full", FullConfig, "Full fine-tuning: every backbone parameter and the head learn", SEARCH)
 def build_full(config: FullConfig, ctx: BuildContext) -> Adapted:
     ctx.backbone.model.requires_grad_(True)
     return Adapted(ViTFeatures(ctx.backbone.model), linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False)

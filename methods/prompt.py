@@ -24,9 +24,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from bench import nmi
 from bench.config import TrainConfig, _check
 from bench.kmeans import kmeans
-from bench.method import METHODS, Adapted, BuildContext, linear_head, register_method
+from bench.method import METHODS, Adapted, BuildContext, Probe, linear_head, register_method
 from bench.registry import Registry
 
 
@@ -75,6 +76,12 @@ class PromptedViT(nn.Module):
         else:
             pooled = tokens[:, self.vit.num_prefix_tokens + self.num_prompts:].mean(dim=1)
         return self.vit.head_drop(self.vit.fc_norm(pooled))
+
+    def prompts_and_patches(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block, the (prompt tokens, patch tokens) entering it: what bench.nmi compares."""
+        start, n = self.vit.num_prefix_tokens, self.num_prompts
+        *entering, _ = self.forward_tokens(images)
+        return [(tokens[:, start:start + n], tokens[:, start + n:]) for tokens in entering]
 
 
 @torch.no_grad()
@@ -214,8 +221,17 @@ def _build(config: VPTConfig, ctx: BuildContext, deep: bool) -> Adapted:
     trunk = PromptedViT(ctx.backbone.model, prompts, ctx.backbone.pooling, config.prompt_dropout)
     layers = prompts.shape[0]
     info.update(depth="deep" if deep else "shallow", prompted_blocks=layers)
+    probe = None
+    if config.num_prompts > 0:
+        estimator = nmi.PromptPatchNMI()
+        probe = Probe(nmi.PROBE_IMAGES, lambda images: {"nmi": estimator(trunk.prompts_and_patches(images))})
+        info["nmi"] = {"probe_images": nmi.PROBE_IMAGES, "codes": nmi.CODES, "seed": nmi.SEED}
     return Adapted(trunk, linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False,
-                   extra_tokens=config.num_prompts, setup_seconds=seconds, info=info)
+                   extra_tokens=config.num_prompts, setup_seconds=seconds, info=info, probe=probe)
+
+
+# VPT tunes learning rate × weight decay on val; AdamW needs a narrower lr range than VPT's SGD grid.
+SEARCH = {"lr": [0.03, 0.01, 0.003], "weight_decay": [1e-3, 1e-4, 0.0]}
 
 
 def _register_prompt_methods() -> None:
@@ -225,7 +241,7 @@ def _register_prompt_methods() -> None:
     ):
         for depth, deep in (("shallow", False), ("deep", True)):
             where = "before every block" if deep else "at the input only"
-            register_method(f"{family}-{depth}", config_cls, f"{what}; prompts {where}")(
+            register_method(f"{family}-{depth}", config_cls, f"{what}; prompts {where}", SEARCH)(
                 lambda config, ctx, deep=deep: _build(config, ctx, deep)
             )
         METHODS.alias(family, [f"{family}-shallow", f"{family}-deep"])

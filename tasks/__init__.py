@@ -1,3 +1,3 @@
 """Task families; importing this package registers every task."""
 
-from tasks import micro  # noqa: F401
+from tasks import fgvc, micro, vtab  # noqa: F401

@@ -1,0 +1,601 @@
+"""`bench report`: the tables and figures of a PEFT paper, built only from finished records in the results store.
+
+Tables follow VPT's and SPT's layout (Jia et al., ECCV 2022; Wang et al., ICML 2024): one per suite (FGVC, VTAB-1k,
+the offline micro suite) and a summary of backbone × method → group means, each written as LaTeX (booktabs),
+Markdown and CSV with the same numbers. Figures follow SPT's: NMI between prompts and patch tokens per epoch
+(Figure 2), the prompt-initialisation ablation (3a), prompt length (3c), backbone size (3d), training-data fraction
+(4), and accuracy against learnable parameters. A figure or table whose records are absent is skipped with a note.
+
+Conventions, stated in every caption:
+- A row is a method variant: the method name plus the hyper-parameters that take several values for the same
+  (method, task, backbone) (`bench.store.variant_labels`), so `spt-deep init=kmeans` and `spt-deep init=sampled` are separate rows. Settings that
+  vary only from task to task (a task's default epochs) do not split rows.
+- A cell is test accuracy (%), the mean over seeds, ± the sample standard deviation (n − 1) when there are several.
+- A group mean is the mean over the group's tasks of the per-task means, shown only when every task of the group has
+  a record; VTAB's overall mean is the mean of its three group means (the VPT convention).
+- Best per column within a backbone is bold, second underlined (ranked on the printed, rounded value, so ties share).
+- `[n]` counts tasks where the row beats full fine-tuning's mean on the same backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from bench import BenchError
+from bench.store import Store, flatten, variant_labels
+
+REFERENCE = "full"  # the method `[n]` compares against, as VPT's tables do
+TEST_STAGES = ("fixed", "final")  # `tune` runs score val only and never count
+FORMATS = ("tex", "md", "csv")
+MISSING = {"tex": "--", "md": "–", "csv": ""}
+INIT_ORDER = ("random", "sampled", "mean", "max", "kmeans")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A task group: its id in records (`record['task']['group']`), its column label and its canonical task order."""
+
+    id: str
+    label: str
+    tasks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One paper table. `overall` labels the mean of the group means; None when the suite has a single group."""
+
+    key: str
+    title: str
+    groups: tuple[Group, ...]
+    overall: str | None = None
+
+
+SUITES = (
+    Suite("fgvc", "FGVC", (Group("fgvc", "Mean", ("cub", "nabirds", "flowers", "dogs", "cars")),)),
+    Suite(
+        "vtab",
+        "VTAB-1k",
+        (
+            Group("vtab/natural", "Natural",
+                  ("cifar100", "caltech101", "dtd", "flowers102", "pets", "svhn", "sun397")),
+            Group("vtab/specialized", "Specialized", ("camelyon", "eurosat", "resisc45", "retinopathy")),
+            Group("vtab/structured", "Structured",
+                  ("clevr-count", "clevr-dist", "dmlab", "kitti-dist", "dsprites-loc", "dsprites-ori",
+                   "smallnorb-azi", "smallnorb-ele")),
+        ),
+        overall="Mean",
+    ),
+    Suite(
+        "micro",
+        "Micro suite",
+        (
+            Group("micro/real", "Real", ("digits", "mnist5k")),
+            Group("micro/structured", "Structured", ("sprites-loc", "sprites-ori", "shapes-count")),
+        ),
+        overall="Mean",
+    ),
+)
+SUMMARY_LABELS = {"fgvc": "FGVC", "vtab/natural": "Natural", "vtab/specialized": "Specialized",
+                  "vtab/structured": "Structured", "micro/real": "Micro real", "micro/structured": "Micro structured"}
+
+
+# --- records -------------------------------------------------------------------------------------------------------
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per finished run that read the test split: the store's flat row (spec, `hp.*`, metrics, params,
+    wall-clock) plus its variant label and NMI curve.
+
+    Raises:
+        BenchError: the store holds no such run.
+    """
+    store = Store(root)
+    records = [r for r in store.records()
+               if r.get("status") == "done" and r["spec"].get("stage", "fixed") in TEST_STAGES]
+    if not records:
+        raise BenchError(f"no finished runs in {store.runs}; run `bench run --results {root}` first or pass --results DIR")
+    runs = pd.DataFrame([flatten(r) for r in records])
+    runs["acc"] = runs["test_acc"]
+    runs["nmi"] = [r.get("curves", {}).get("nmi") for r in records]
+    runs["fraction"] = [r["spec"]["hparams"].get("train_fraction", r.get("task", {}).get("train_fraction"))
+                        for r in records]
+    runs["variant"] = _variants(runs)
+    return runs
+
+
+def _variants(runs: pd.DataFrame, without: str | None = None) -> pd.Series:
+    """`method` plus the hyper-parameters that tell its runs apart (bench.store's rule), leaving out `without`."""
+    column = f"hp.{without}"
+    labels = variant_labels(runs.drop(columns=[column]) if column in runs else runs)
+    return runs["method"] + labels.map(lambda v: f" {v}" if v else "")
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked) or `count` (the `[n]` column)."""
+
+    key: str
+    label: str
+    kind: str = "acc"
+
+
+@dataclass
+class Cell:
+    mean: float | None = None
+    std: float | None = None
+    rank: int = 0  # 1 best, 2 second within the backbone block
+
+
+@dataclass
+class Table:
+    key: str
+    caption: str
+    columns: list[Column]
+    rows: list[tuple[str, str, dict[str, Cell]]]  # (backbone, variant, cells by column key)
+    spans: list[tuple[str, int]] = field(default_factory=list)  # group header over the first acc columns
+
+
+def _cells(runs: pd.DataFrame) -> dict[tuple[str, str], dict[str, Cell]]:
+    """Per (backbone, variant), per task: mean and sample std of test accuracy over seeds."""
+    out: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
+    for (backbone, variant, task), acc in runs.groupby(["backbone", "variant", "task"])["acc"]:
+        std = float(acc.std(ddof=1)) if len(acc) > 1 else None
+        out[(backbone, variant)][task] = Cell(float(acc.mean()), std)
+    return out
+
+
+def _group_tasks(group: Group, runs: pd.DataFrame) -> list[str]:
+    extra = sorted(set(runs.loc[runs["group"] == group.id, "task"]) - set(group.tasks))
+    return [*group.tasks, *extra]
+
+
+def _mean_of(cells: dict[str, Cell], keys: Sequence[str]) -> Cell:
+    values = [cells[k].mean for k in keys if k in cells and cells[k].mean is not None]
+    return Cell(float(np.mean(values))) if keys and len(values) == len(keys) else Cell()
+
+
+def suite_table(suite: Suite, runs: pd.DataFrame) -> Table | None:
+    """The suite's paper table, or None when no record belongs to it."""
+    mine = runs[runs["group"].isin([g.id for g in suite.groups])]
+    if mine.empty:
+        return None
+    tasks = {g.id: _group_tasks(g, mine) for g in suite.groups}
+    columns = [Column("params", "Params (%)", "pct")]
+    columns += [Column(t, t) for g in suite.groups for t in tasks[g.id]]
+    columns += [Column(f"mean:{g.id}", g.label) for g in suite.groups]
+    if suite.overall:
+        columns.append(Column("mean:overall", suite.overall))
+    columns.append(Column("beats", "[n]", "count"))
+
+    per_task = _cells(mine)
+    params = mine.groupby(["backbone", "variant"])["params.learnable_pct"].mean()
+    rows = []
+    for (backbone, variant), cells in sorted(per_task.items()):
+        for g in suite.groups:
+            cells[f"mean:{g.id}"] = _mean_of(cells, tasks[g.id])
+        if suite.overall:
+            cells["mean:overall"] = _mean_of(cells, [f"mean:{g.id}" for g in suite.groups])
+        pct = params.get((backbone, variant))
+        cells["params"] = Cell(None if pct is None or math.isnan(pct) else float(pct))
+        rows.append((backbone, variant, cells))
+    _count_beats(rows, [t for g in suite.groups for t in tasks[g.id]], mine)
+    _rank(rows, [c.key for c in columns if c.kind == "acc"])
+    spans = [(g.label, len(tasks[g.id])) for g in suite.groups] if len(suite.groups) > 1 else []
+    overall = f" {suite.overall}: the mean of the group means." if suite.overall else ""
+    return Table(suite.key, f"{suite.title}: {_CONVENTIONS}{overall}", columns, rows, spans)
+
+
+_CONVENTIONS = (
+    "test accuracy (\\%), mean over seeds $\\pm$ sample std ($n-1$) where more than one seed; best per column within a "
+    "backbone in bold, second underlined; -- no record. Params: learnable parameters (head included) as \\% of the "
+    "backbone, mean over tasks. Group means: mean over the group's tasks, shown only when every task has a record. "
+    "[n]: tasks where the method beats full fine-tuning."
+)
+
+
+def _count_beats(rows: list[tuple[str, str, dict[str, Cell]]], tasks: Sequence[str], runs: pd.DataFrame) -> None:
+    """Fill each row's `[n]`: tasks where it beats the best full fine-tuning variant of its backbone."""
+    reference_variants = set(runs.loc[runs["method"] == REFERENCE, "variant"])
+    for backbone, variant, cells in rows:
+        references = [c for b, v, c in rows if b == backbone and v in reference_variants]
+        if variant in reference_variants or not references:
+            cells["beats"] = Cell()
+            continue
+        wins = 0
+        for task in tasks:
+            best = max((r[task].mean for r in references if task in r), default=None)
+            if task in cells and best is not None and cells[task].mean > best:
+                wins += 1
+        cells["beats"] = Cell(float(wins))
+
+
+def _rank(rows: list[tuple[str, str, dict[str, Cell]]], keys: Sequence[str]) -> None:
+    for backbone in {b for b, _, _ in rows}:
+        block = [cells for b, _, cells in rows if b == backbone]
+        for key in keys:
+            present = [c[key] for c in block if key in c and c[key].mean is not None]
+            distinct = sorted({round(c.mean, 1) for c in present}, reverse=True)
+            for cell in present:
+                value = round(cell.mean, 1)
+                cell.rank = 1 if value == distinct[0] else 2 if len(distinct) > 1 and value == distinct[1] else 0
+
+
+def summary_table(runs: pd.DataFrame) -> Table:
+    """Backbone × method → mean accuracy of every task group that has records (the paper's summary table)."""
+    known = [g for suite in SUITES for g in suite.groups]
+    present = set(runs["group"].dropna())
+    groups = [g for g in known if g.id in present]
+    groups += [Group(gid, gid, ()) for gid in sorted(present - {g.id for g in known})]
+    tasks = {g.id: _group_tasks(g, runs) for g in groups}
+    columns = [Column(f"mean:{g.id}", SUMMARY_LABELS.get(g.id, g.id)) for g in groups]
+    rows = []
+    for (backbone, variant), cells in sorted(_cells(runs).items()):
+        rows.append((backbone, variant, {f"mean:{g.id}": _mean_of(cells, tasks[g.id]) for g in groups}))
+    _rank(rows, [c.key for c in columns])
+    caption = ("Summary: mean test accuracy (\\%) per task group; a group mean is shown only when every task of the "
+               "group has a record; best per column within a backbone in bold, second underlined; -- no record.")
+    return Table("summary", caption, columns, rows)
+
+
+def _number(cell: Cell, kind: str, fmt: str) -> str:
+    if cell.mean is None:
+        return MISSING[fmt]
+    if kind == "count":
+        return f"[{cell.mean:.0f}]"
+    if kind == "pct":
+        return f"{cell.mean:.2f}"
+    pm = " $\\pm$ " if fmt == "tex" else " ± "
+    text = f"{cell.mean:.1f}" + (f"{pm}{cell.std:.1f}" if cell.std is not None else "")
+    if fmt == "tex":
+        return {1: f"\\textbf{{{text}}}", 2: f"\\underline{{{text}}}"}.get(cell.rank, text)
+    return {1: f"**{text}**", 2: f"*{text}*"}.get(cell.rank, text)
+
+
+_TEX_SPECIAL = str.maketrans({"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#",
+                              "$": "\\$", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\^{}"})
+
+
+def _tex_escape(text: str) -> str:
+    return text.translate(_TEX_SPECIAL)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs `table` environment, ready for `\\input` (needs `\\usepackage{booktabs}`)."""
+    header = ["Backbone", "Method", *[_tex_escape(c.label) for c in table.columns]]
+    spec = "ll" + "".join("r" if c.kind != "acc" else "c" for c in table.columns)
+    lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{table.caption}}}",
+             f"\\label{{tab:{table.key}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    if table.spans:
+        first = 3 + sum(1 for c in table.columns[: next(i for i, c in enumerate(table.columns) if c.kind == "acc")])
+        spans, rules, start = [], [], first
+        for label, width in table.spans:
+            spans.append(f"\\multicolumn{{{width}}}{{c}}{{{label}}}")
+            rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
+            start += width
+        lead = " & " * (first - 1)
+        lines += [lead + " & ".join(spans) + " \\\\", " ".join(rules)]
+    lines += [" & ".join(header) + " \\\\", "\\midrule"]
+    previous = None
+    for backbone, variant, cells in table.rows:
+        if previous is not None and backbone != previous:
+            lines.append("\\midrule")
+        shown = _tex_escape(backbone) if backbone != previous else ""
+        values = [_number(cells.get(c.key, Cell()), c.kind, "tex") for c in table.columns]
+        lines.append(" & ".join([shown, _tex_escape(variant), *values]) + " \\\\")
+        previous = backbone
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+def to_markdown(table: Table) -> str:
+    header = ["Backbone", "Method", *[c.label for c in table.columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
+    for backbone, variant, cells in table.rows:
+        values = [_number(cells.get(c.key, Cell()), c.kind, "md") for c in table.columns]
+        lines.append("| " + " | ".join([backbone, variant, *values]) + " |")
+    caption = table.caption.replace("$\\pm$", "±").replace("($n-1$)", "(n − 1)").replace("\\%", "%")
+    caption = caption.replace("underlined", "in italics").replace("-- no record", "– no record")
+    return "\n".join(lines) + f"\n\n{caption}\n"
+
+
+def to_frame(table: Table) -> pd.DataFrame:
+    """The table's numbers, one row per (backbone, method); accuracy columns get a `<name>_std` companion."""
+    records = []
+    for backbone, variant, cells in table.rows:
+        row: dict[str, Any] = {"backbone": backbone, "method": variant}
+        for column in table.columns:
+            cell = cells.get(column.key, Cell())
+            row[column.label if column.kind == "acc" else column.key] = cell.mean
+            if column.kind == "acc":
+                row[f"{column.label}_std"] = cell.std
+        records.append(row)
+    return pd.DataFrame(records)
+
+
+def write_table(table: Table, out: Path, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = out / f"{table.key}.{fmt}"
+        if fmt == "tex":
+            path.write_text(to_latex(table))
+        elif fmt == "md":
+            path.write_text(to_markdown(table))
+        else:
+            to_frame(table).to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+# --- figures -------------------------------------------------------------------------------------------------------
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINES = ("-", "--", ":", "-.")
+_HATCHES = ("", "//", "..", "xx", "\\\\", "++")
+
+
+def _style(i: int) -> dict[str, Any]:
+    """Marker and line style differ for every series, so curves stay apart in grey print."""
+    return {"marker": _MARKERS[i % len(_MARKERS)], "linestyle": _LINES[i % len(_LINES)], "markersize": 5}
+
+
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+    return plt.subplots(figsize=(4.5, 3.2), constrained_layout=True)
+
+
+def _save(fig: Any, out: Path, stem: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = [out / f"{stem}.pdf", out / f"{stem}.png"]
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return paths
+
+
+def _series_label(frame: pd.DataFrame, exclude: str | None, by_backbone: bool = True) -> pd.Series:
+    """Variant labels without the plotted setting (it is the x axis), prefixed by the backbone when several."""
+    labels = _variants(frame, without=exclude)
+    if by_backbone and frame["backbone"].nunique() > 1:
+        labels = frame["backbone"] + " · " + labels
+    return labels
+
+
+def _on_common_tasks(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Rows of the tasks recorded at every value of `by`, so that all points of a series average the same tasks."""
+    common = set.intersection(*(set(f["task"]) for _, f in frame.groupby(by)))
+    return frame[frame["task"].isin(common)]
+
+
+def fig_nmi(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 2: NMI between prompts and patch tokens, mean over blocks, at init (epoch 0) and after each epoch."""
+    have = runs[runs["nmi"].notna()]
+    if have.empty:
+        return "NMI figure skipped: no record carries curves['nmi'] (only prompt methods record it)"
+    fig, ax = _figure()
+    labels = _series_label(have, exclude=None)
+    for i, (label, frame) in enumerate(have.groupby(labels)):
+        per_run = [pd.Series([float(np.mean(layers)) for layers in curve]) for curve in frame["nmi"]]
+        mean = pd.concat(per_run, axis=1).mean(axis=1)
+        ax.plot(mean.index, mean.values, label=label, **_style(i))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch (0 = at init)", ylabel="NMI, prompts vs patch tokens\n(mean over blocks)", ylim=(0, 1))
+    ax.legend(fontsize="x-small")
+    return _save(fig, out, "nmi_vs_epoch")
+
+
+def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 3a: accuracy per prompt initialisation, construction wall-clock annotated on each bar."""
+    have = runs[runs["hp.init"].notna()].copy() if "hp.init" in runs else runs.iloc[:0]
+    if have.empty or have["hp.init"].nunique() < 2:
+        return "init ablation skipped: fewer than two prompt initialisations recorded"
+    have["init"] = have["hp.init"]
+    have["series"] = _series_label(have, exclude="init")
+    inits = [i for i in INIT_ORDER if i in set(have["init"])] + sorted(set(have["init"]) - set(INIT_ORDER))
+    series = sorted(have["series"].unique())
+    fig, ax = _figure()
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        stats = _on_common_tasks(have[have["series"] == name], "init").groupby("init").agg(acc=("acc", "mean"), secs=("wallclock.prompt_construction", "mean"))
+        stats = stats.reindex([x for x in inits if x in stats.index])
+        xs = np.array([inits.index(x) for x in stats.index]) + (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(xs, stats["acc"], width, label=name, hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black")
+        for bar, secs in zip(bars, stats["secs"]):
+            ax.annotate(f"{secs:.2f}s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize="xx-small")
+    ax.set_xticks(range(len(inits)), inits)
+    ax.set(xlabel="prompt initialisation (label: construction wall-clock)", ylabel="test accuracy (%)")
+    ax.legend(fontsize="x-small")
+    return _save(fig, out, "init_ablation")
+
+
+def _line_figure(runs: pd.DataFrame, x: pd.Series, setting: str | None, xlabel: str, logx: bool = False,
+                 by_backbone: bool = True) -> Any | None:
+    """Accuracy against `x`, one line per variant (without `setting`); None when no line has two x values."""
+    have = runs.assign(x=x)[x.notna()]
+    if have.empty:
+        return None
+    have = have.assign(series=_series_label(have, exclude=setting, by_backbone=by_backbone))
+    common = pd.concat(_on_common_tasks(frame, "x") for _, frame in have.groupby("series"))
+    means = common.groupby(["series", "x"])["acc"].mean().reset_index()
+    if means.groupby("series")["x"].nunique().max() < 2:
+        return None
+    fig, ax = _figure()
+    for i, (name, frame) in enumerate(means.groupby("series")):
+        ax.plot(frame["x"], frame["acc"], label=name, **_style(i))
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel="test accuracy (%)\n(mean over tasks and seeds)")
+    ax.legend(fontsize="x-small")
+    return fig
+
+
+def fig_prompt_length(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 3c: accuracy against the number of prompts."""
+    if "hp.num_prompts" not in runs:
+        return "prompt-length figure skipped: no record has a prompt length"
+    made = _line_figure(runs, runs["hp.num_prompts"], "num_prompts",
+                        "prompt length (tokens per block)")
+    return _save(made, out, "acc_vs_prompt_length") if made else \
+        "prompt-length figure skipped: no method has records at two prompt lengths"
+
+
+def fig_backbone_size(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 3d: accuracy against backbone size (parameters), one line per method variant across backbones."""
+    made = _line_figure(runs, runs["params.backbone"].astype(float) / 1e6, None, "backbone parameters (M)",
+                        logx=True, by_backbone=False)
+    return _save(made, out, "acc_vs_backbone_size") if made else \
+        "backbone-size figure skipped: no method has records on two backbones of different size"
+
+
+def fig_data_fraction(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 4: accuracy against the fraction of training data, when records carry `train_fraction`."""
+    made = _line_figure(runs, runs["fraction"], "train_fraction", "fraction of training data")
+    return _save(made, out, "acc_vs_data_fraction") if made else \
+        "data-fraction figure skipped: no record carries train_fraction at two values"
+
+
+def fig_pareto(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Accuracy against learnable parameters (% of backbone), one point per (backbone, variant), front per backbone."""
+    points = runs.dropna(subset=["params.learnable_pct"]).groupby(["backbone", "variant"]).agg(
+        pct=("params.learnable_pct", "mean"), acc=("acc", "mean")).reset_index()
+    if len(points) < 2:
+        return "Pareto figure skipped: fewer than two method variants with parameter counts"
+    fig, ax = _figure()
+    for i, row in enumerate(points.itertuples()):
+        name = row.variant if points["backbone"].nunique() == 1 else f"{row.backbone} · {row.variant}"
+        ax.plot(row.pct, row.acc, label=name, **{**_style(i), "linestyle": "none", "markersize": 7})
+    for backbone, frame in points.groupby("backbone"):
+        front = frame.sort_values(["pct", "acc"], ascending=[True, False])
+        front = front[front["acc"] >= front["acc"].cummax()]
+        ax.plot(front["pct"], front["acc"], color="grey", linewidth=0.8, zorder=0)
+    ax.set_xscale("log")
+    ax.set(xlabel="learnable parameters (% of backbone, log)", ylabel="test accuracy (%)\n(mean over tasks and seeds)")
+    ax.legend(fontsize="xx-small")
+    return _save(fig, out, "acc_vs_params_pareto")
+
+
+FIGURES = (fig_nmi, fig_init_ablation, fig_prompt_length, fig_backbone_size, fig_data_fraction, fig_pareto)
+
+
+# --- paired comparison ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    pairs: int
+    mean: float
+    low: float
+    high: float
+    confidence: float
+
+
+def _select(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+    chosen = runs[runs["variant"] == name]
+    if chosen.empty:
+        chosen = runs[runs["method"] == name]
+    variants = sorted(chosen["variant"].unique())
+    if chosen.empty:
+        raise BenchError(f"--compare: no finished runs of {name!r}; recorded: {', '.join(sorted(runs['variant'].unique()))}")
+    if len(variants) > 1:
+        raise BenchError(f"--compare: {name!r} has several variants ({'; '.join(variants)}); name one of them")
+    return chosen
+
+
+def compare(runs: pd.DataFrame, a: str, b: str, resamples: int = 10_000, confidence: float = 0.95,
+            seed: int = 0) -> Comparison:
+    """Mean of acc(a) − acc(b) over (backbone, task, seed) pairs both ran, with a seeded percentile-bootstrap CI.
+
+    Pairs are resampled with replacement, so the interval treats them as exchangeable: it reflects seed and task
+    variation together, not either alone.
+    """
+    keys = ["backbone", "task", "seed"]
+    joined = _select(runs, a)[[*keys, "acc"]].merge(_select(runs, b)[[*keys, "acc"]], on=keys, suffixes=("_a", "_b"))
+    if joined.empty:
+        raise BenchError(f"--compare: {a!r} and {b!r} share no (backbone, task, seed); run both on the same grid")
+    diff = (joined["acc_a"] - joined["acc_b"]).to_numpy()
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Comparison(a, b, len(diff), float(diff.mean()), float(low), float(high), confidence)
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    summary: Table
+    paths: list[Path]
+    notes: list[str]
+    comparison: Comparison | None
+
+
+def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = FORMATS,
+                 compare_pair: tuple[str, str] | None = None) -> Report:
+    """Write every table and figure the records support under `out`; say which were skipped and why."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
+    runs = load_runs(results)
+    comparison = compare(runs, *compare_pair) if compare_pair else None  # a bad name fails before anything is written
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create report directory {out}: {exc.strerror}; pass --out DIR") from None
+    paths: list[Path] = []
+    notes: list[str] = []
+    for suite in SUITES:
+        table = suite_table(suite, runs)
+        if table is None:
+            notes.append(f"{suite.title} table skipped: no records in its groups ({', '.join(g.id for g in suite.groups)})")
+        else:
+            paths += write_table(table, out, formats)
+    summary = summary_table(runs)
+    paths += write_table(summary, out, formats)
+    for figure in FIGURES:
+        made = figure(runs, out)
+        if isinstance(made, str):
+            notes.append(made)
+        else:
+            paths += made
+    return Report(summary, paths, notes, comparison)
+
+
+def to_rich(table: Table) -> Any:
+    """The table for the terminal: best bold, second underlined, as in the LaTeX."""
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    rich = RichTable(title=table.key, title_justify="left")
+    for name in ("backbone", "method", *[c.label for c in table.columns]):
+        rich.add_column(name, justify="left" if name in ("backbone", "method") else "right")
+    for backbone, variant, cells in table.rows:
+        values = []
+        for column in table.columns:
+            cell = cells.get(column.key, Cell())
+            text = escape(_number(Cell(cell.mean, cell.std), column.kind, "md"))
+            values.append({1: f"[bold]{text}[/bold]", 2: f"[underline]{text}[/underline]"}.get(cell.rank, text))
+        rich.add_row(escape(backbone), escape(variant), *values)
+    return rich

@@ -1,0 +1,113 @@
+"""FGVC: the five fine-grained classification tasks of VPT (Jia et al., ECCV 2022), as SPT reports them.
+
+Two on-disk layouts are read, detected in this order:
+- `fgvc-vpt-json`: `<root>/<dataset>/{train,val,test}.json` mapping an image path to a class id (VPT's release); ids
+  are remapped onto 0..K-1 in sorted order; images under the dataset's usual image folder.
+- `fgvc-spt-txt`: `<relpath> <label>` text lists such as `cub200_{train,test}.txt`, in the dataset folder or the data
+  root (SPT's release); without a val list, 10% of train is held out, class-stratified and seeded.
+A dataset folder is found under its archive name and the usual short names, ignoring case, `-` and `_`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from torchvision import transforms as T
+
+from bench.data import TASKS, Task, register_task
+from bench.imagefiles import ImageTransforms
+from bench.layouts import DataSource, Located, Probe, image_base, read_json_map, read_txt_list, remap_contiguous
+
+BICUBIC = T.InterpolationMode.BICUBIC
+TRANSFORMS = ImageTransforms(
+    train=T.Compose([T.RandomResizedCrop(224, interpolation=BICUBIC), T.RandomHorizontalFlip()]),
+    eval=T.Compose([T.Resize(256, interpolation=BICUBIC), T.CenterCrop(224)]),
+)
+VAL_FRACTION = 0.1  # VPT's FGVC val splits hold out 10% of the official training set
+
+
+@dataclass(frozen=True)
+class FgvcTask:
+    """One FGVC dataset: its names on disk and VPT's split sizes.
+
+    Attributes:
+        name, classes, description: the registered task.
+        folders: dataset folder names, archive name first.
+        image_dirs: where images live inside the dataset folder (besides the folder itself).
+        list_prefixes: `<prefix>_{train,val,test}.txt` names of the text-list layout.
+        trainval, test: official train+val and test sizes, for `bench data check`.
+    """
+
+    name: str
+    classes: int
+    description: str
+    folders: tuple[str, ...]
+    image_dirs: tuple[str, ...]
+    list_prefixes: tuple[str, ...]
+    trainval: int
+    test: int
+
+
+FGVC = (
+    FgvcTask("cub", 200, "CUB-200-2011: 200 bird species", ("CUB_200_2011", "cub", "cub200"), ("images",),
+             ("cub200", "cub"), 5994, 5794),
+    FgvcTask("nabirds", 555, "NABirds: 555 North American bird categories", ("nabirds",), ("images",),
+             ("nabirds",), 23929, 24633),
+    FgvcTask("flowers", 102, "Oxford Flowers-102: 102 flower species",
+             ("Flowers", "flowers102", "OxfordFlowers", "oxford_flowers102"), ("102flowers/jpg", "jpg"),
+             ("Flowers", "Flowes", "flowers102"), 2040, 6149),
+    FgvcTask("dogs", 120, "Stanford Dogs: 120 dog breeds", ("Dogs", "StanfordDogs", "stanford_dogs"), ("Images",),
+             ("Dogs", "StanfordDogs"), 12000, 8580),
+    FgvcTask("cars", 196, "Stanford Cars: 196 car models", ("Cars", "StanfordCars", "stanford_cars", "car196"), (),
+             ("Cars", "cars196"), 8144, 8041),
+)
+
+
+def find_vpt_json(task: FgvcTask, root: Path, probe: Probe) -> Located | None:
+    folder = probe.dir(root, task.folders)
+    lists = {split: probe.file(folder, [f"{split}.json"]) for split in ("train", "val", "test")}
+    if folder is None or lists["train"] is None or lists["test"] is None:
+        return None
+    found = {split: path for split, path in lists.items() if path is not None}
+    mappings = {split: read_json_map(path) for split, path in found.items()}
+    first = next(iter(mappings["train"]), "")
+    splits = remap_contiguous(mappings, image_base(folder, task.image_dirs, first, probe))
+    note = "class ids of the JSON files remapped onto 0..K-1 in sorted order"
+    return Located("fgvc-vpt-json", folder, found, splits, [note])
+
+
+def find_spt_txt(task: FgvcTask, root: Path, probe: Probe) -> Located | None:
+    folder = probe.dir(root, task.folders)
+    for where in (folder, root):
+        train = probe.file(where, [f"{prefix}_train.txt" for prefix in task.list_prefixes])
+        if train is None or folder is None:
+            continue
+        prefix = train.name[: -len("_train.txt")]
+        lists = {"train": train, "val": probe.file(where, [f"{prefix}_val.txt"]),
+                 "test": probe.file(where, [f"{prefix}_test.txt"])}
+        if lists["test"] is None:
+            return None
+        found = {split: path for split, path in lists.items() if path is not None}
+        listed = read_txt_list(train, Path())
+        base = image_base(folder, task.image_dirs, str(listed[0][0]) if listed else "", probe)
+        return Located("fgvc-spt-txt", folder, found, {s: read_txt_list(p, base) for s, p in found.items()})
+    return None
+
+
+def _source(task: FgvcTask) -> DataSource:
+    return DataSource(
+        name=task.name,
+        num_classes=task.classes,
+        finders=(partial(find_vpt_json, task), partial(find_spt_txt, task)),
+        transforms=TRANSFORMS,
+        val_fraction=VAL_FRACTION,
+        expected={"train+val": task.trainval, "test": task.test},
+    )
+
+
+for _task in FGVC:
+    register_task(Task(_task.name, "fgvc", _task.classes, _source(_task), epochs=100), _task.description)
+
+TASKS.alias("fgvc", [t.name for t in FGVC])

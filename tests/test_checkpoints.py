@@ -1,0 +1,151 @@
+"""Local checkpoints in the formats people have, written here in their real on-disk forms, loaded into micro-vit."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+
+from bench import BenchError
+from bench.backbone import MICRO_ARCH, load_backbone, load_checkpoint
+
+
+def _source(seed: int = 123, **overrides) -> dict[str, torch.Tensor]:
+    """A micro-vit-shaped encoder's state dict whose weights differ from micro-vit's own seeded init."""
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **{**MICRO_ARCH, **overrides})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_timm_pth(path: Path, state):
+    torch.save(state, path)
+
+
+def _write_safetensors(path: Path, state):
+    save_file(state, str(path))
+
+
+def _write_mae(path: Path, state):
+    d = state["cls_token"].shape[-1]
+    extra = {
+        "mask_token": torch.randn(1, 1, 16),
+        "decoder_embed.weight": torch.randn(16, d),
+        "decoder_embed.bias": torch.randn(16),
+        "decoder_pos_embed": torch.randn(1, 65, 16),
+        "decoder_blocks.0.norm1.weight": torch.randn(16),
+        "decoder_norm.weight": torch.randn(16),
+        "decoder_pred.weight": torch.randn(48, 16),
+    }
+    torch.save({"model": {**state, **extra}, "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4}]},
+                "epoch": 3, "scaler": {"scale": 65536.0}, "args": argparse.Namespace(model="mae_vit_micro")}, path)
+
+
+def _write_mocov3(path: Path, state):
+    momentum = _source(seed=999)
+    d = state["cls_token"].shape[-1]
+    sd = {f"module.base_encoder.{k}": v for k, v in state.items()}
+    sd |= {f"module.momentum_encoder.{k}": v for k, v in momentum.items()}
+    sd |= {"module.base_encoder.head.0.weight": torch.randn(64, d), "module.predictor.0.weight": torch.randn(64, 64)}
+    torch.save({"epoch": 300, "arch": "vit_micro", "state_dict": sd, "optimizer": {"state": {}}}, path)
+
+
+def _write_module_prefix(path: Path, state):
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+
+
+FORMATS = {
+    # name: (file name, writer, expected format)
+    "timm-pth": ("encoder.pth", _write_timm_pth, "timm"),
+    "timm-safetensors": ("encoder.safetensors", _write_safetensors, "timm"),
+    "mae": ("mae_pretrain.pth", _write_mae, "mae"),
+    "mocov3": ("vit-micro-300ep.pth.tar", _write_mocov3, "mocov3"),
+    "module-prefix": ("checkpoint.pth.tar", _write_module_prefix, "mocov3"),
+}
+
+
+def _assert_holds(model, state):
+    loaded = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), f"{key} was not loaded from the checkpoint"
+
+
+@pytest.mark.parametrize("form", list(FORMATS))
+def test_checkpoint_formats_load_every_encoder_weight(tmp_path, form):
+    name, write, expected_format = FORMATS[form]
+    state = _source()
+    path = tmp_path / name
+    write(path, state)
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **MICRO_ARCH)
+    fmt, sha = load_checkpoint(model, path)
+    assert fmt == expected_format
+    assert sha == _sha256(path)
+    _assert_holds(model, state)
+
+    backbone = load_backbone("micro-vit", weights=path)
+    _assert_holds(backbone.model, state)
+    assert backbone.checkpoint_format == expected_format
+    assert backbone.checkpoint_sha256 == _sha256(path)
+    assert backbone.weights_source == str(path)
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    # The weights really came from the file, not from micro-vit's own init.
+    fresh = load_backbone("micro-vit").model.state_dict()
+    assert not torch.equal(fresh["pos_embed"], backbone.model.state_dict()["pos_embed"])
+
+
+def test_mocov3_loads_the_base_encoder_not_the_momentum_encoder(tmp_path):
+    path = tmp_path / "vit-micro-300ep.pth.tar"
+    state = _source()
+    _write_mocov3(path, state)
+    backbone = load_backbone("micro-vit", weights=path)
+    momentum = _source(seed=999)
+    assert not torch.equal(backbone.model.state_dict()["blocks.0.attn.qkv.weight"], momentum["blocks.0.attn.qkv.weight"])
+    _assert_holds(backbone.model, state)
+
+
+def test_checkpoint_at_another_resolution_has_pos_embed_resampled_like_timm(tmp_path):
+    state = _source(img_size=64)  # a 16×16 patch grid; micro-vit has 8×8
+    assert state["pos_embed"].shape[1] == 1 + 16 * 16
+    path = tmp_path / "encoder_64px.pth"
+    torch.save(state, path)
+    backbone = load_backbone("micro-vit", weights=path)
+    loaded = backbone.model.state_dict()
+    expected = resample_abs_pos_embed(state["pos_embed"], new_size=(8, 8), num_prefix_tokens=1)
+    assert loaded["pos_embed"].shape == (1, 1 + 64, MICRO_ARCH["embed_dim"])
+    torch.testing.assert_close(loaded["pos_embed"], expected)
+    _assert_holds(backbone.model, {k: v for k, v in state.items() if k != "pos_embed"})
+
+
+def test_checkpoint_of_another_width_is_a_one_line_bench_error(tmp_path):
+    path = tmp_path / "narrow.pth"
+    torch.save(_source(embed_dim=96, num_heads=3), path)
+    with pytest.raises(BenchError) as info:
+        load_backbone("micro-vit", weights=path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "96" in message and any(word in message.lower() for word in ("width", "shape", "size"))
+
+
+def test_missing_checkpoint_is_a_bench_error(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        load_backbone("micro-vit", weights=tmp_path / "nope.pth")
+
+
+def test_file_that_is_no_checkpoint_is_a_bench_error(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"this is not a torch file")
+    with pytest.raises(BenchError):
+        load_backbone("micro-vit", weights=path)

@@ -1,0 +1,158 @@
+"""`bench report` on a handful of synthetic records written through the store, as the engine writes them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.cli import main
+from bench.config import RunSpec
+from bench.report import build_report, compare, load_runs, to_latex, suite_table, SUITES
+from bench.store import Store
+
+MICRO = next(s for s in SUITES if s.key == "micro")
+GROUPS = {"digits": "micro/real", "mnist5k": "micro/real", "sprites-loc": "micro/structured",
+          "sprites-ori": "micro/structured", "shapes-count": "micro/structured"}
+
+
+def record(method: str, task: str, seed: int, acc: float, hparams: dict[str, Any] | None = None,
+           pct: float = 1.0, nmi: list[list[float]] | None = None, backbone: str = "micro-vit",
+           backbone_params: int = 2_700_000, stage: str = "fixed") -> dict[str, Any]:
+    spec = RunSpec(method, task, backbone, seed, {"epochs": 10, **(hparams or {})}, stage=stage)
+    curves: dict[str, Any] = {"train_loss": [1.0], "val_acc": [acc]}
+    if nmi is not None:
+        curves["nmi"] = nmi
+    return {
+        "id": spec.run_id, "spec": spec.to_dict(), "status": "done",
+        "task": {"name": task, "group": GROUPS[task], "num_classes": 10},
+        "curves": curves, "metrics": {"val_acc": acc, "test_acc": acc},
+        "params": {"backbone": backbone_params, "learnable": 10, "learnable_pct": pct},
+        "wallclock": {"prompt_construction": 0.25, "train": 10.0, "eval": 1.0, "probe": 0.1},
+    }
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    store = Store(tmp_path / "results")
+    rows = [
+        # full: digits 80 (seeds 0,1 -> 80 ± ...), sprites-loc 50
+        record("full", "digits", 0, 80.0, pct=100.0), record("full", "digits", 1, 82.0, pct=100.0),
+        record("full", "sprites-loc", 0, 50.0, pct=100.0),
+        # linear: no sprites-loc record -> a missing cell
+        record("linear", "digits", 0, 70.0, pct=0.2),
+        # two SPT variants that differ only in init: separate rows, never averaged together
+        record("spt-deep", "digits", 0, 85.0, {"init": "kmeans"}, 0.5, nmi=[[0.2, 0.4], [0.5, 0.7]]),
+        record("spt-deep", "digits", 1, 87.0, {"init": "kmeans"}, 0.5, nmi=[[0.2, 0.4], [0.6, 0.8]]),
+        record("spt-deep", "sprites-loc", 0, 40.0, {"init": "kmeans"}, 0.5),
+        record("spt-deep", "digits", 0, 81.0, {"init": "sampled"}, 0.5, nmi=[[0.1, 0.1], [0.3, 0.3]]),
+        record("spt-deep", "sprites-loc", 0, 55.0, {"init": "sampled"}, 0.5),
+    ]
+    for r in rows:
+        store.write(r)
+    failed = record("vpt-deep", "digits", 0, 99.0)
+    store.write({**failed, "status": "failed", "error": "diverged"})
+    store.write(record("linear", "digits", 0, 99.0, {"lr": 0.5}, stage="tune"))  # scored val only: never counts
+    return tmp_path / "results"
+
+
+def latex_rows(table_tex: str) -> dict[str, list[str]]:
+    """Method label -> its cells, from the tabular body."""
+    rows = {}
+    for line in table_tex.splitlines():
+        if line.endswith("\\\\") and line.count("&") > 3:
+            cells = [c.strip() for c in line[:-2].split("&")]
+            rows[cells[1]] = cells[2:]
+    return rows
+
+
+def test_variants_differing_in_hparams_are_separate_rows_and_failed_or_tuning_runs_do_not_count(results: Path) -> None:
+    runs = load_runs(results)
+    assert sorted(runs["variant"].unique()) == ["full", "linear", "spt-deep init=kmeans", "spt-deep init=sampled"]
+
+
+def test_micro_table_latex_cells(results: Path) -> None:
+    tex = to_latex(suite_table(MICRO, load_runs(results)))
+    rows = latex_rows(tex)
+    # columns: Params, digits, mnist5k, sprites-loc, sprites-ori, shapes-count, Real, Structured, Mean, [n]
+    assert rows["Method"] == ["Params (\\%)", "digits", "mnist5k", "sprites-loc", "sprites-ori", "shapes-count",
+                              "Real", "Structured", "Mean", "[n]"]
+    assert rows["spt-deep init=kmeans"][:4] == ["0.50", "\\textbf{86.0 $\\pm$ 1.4}", "--", "40.0"]
+    # 81.0 twice: a tie for second, both underlined
+    assert rows["full"][:4] == ["100.00", "\\underline{81.0 $\\pm$ 1.4}", "--", "\\underline{50.0}"]
+    assert rows["spt-deep init=sampled"][1:4] == ["\\underline{81.0}", "--", "\\textbf{55.0}"]
+    assert rows["linear"][1:4] == ["70.0", "--", "--"]
+    # a group mean needs every task of the group: mnist5k is missing, so Real is '--'
+    assert rows["full"][6:9] == ["--", "--", "--"]
+    # [n]: tasks where the row beats full fine-tuning
+    assert rows["spt-deep init=kmeans"][9] == "[1]"
+    assert rows["spt-deep init=sampled"][9] == "[1]"
+    assert rows["linear"][9] == "[0]"
+    assert rows["full"][9] == "--"
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\label{tab:micro}" in tex
+    assert "\\multicolumn{2}{c}{Real} & \\multicolumn{3}{c}{Structured}" in tex
+
+
+def test_tied_values_share_the_bold(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for method in ("full", "linear"):
+        store.write(record(method, "digits", 0, 75.0))
+    store.write(record("vpt-deep", "digits", 0, 60.0))
+    rows = latex_rows(to_latex(suite_table(MICRO, load_runs(tmp_path))))
+    assert rows["full"][1] == rows["linear"][1] == "\\textbf{75.0}"
+    assert rows["vpt-deep"][1] == "\\underline{60.0}"
+
+
+def test_report_writes_every_format_and_figure(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    report = build_report(results, out, ("tex", "md", "csv"), ("spt-deep init=kmeans", "full"))
+    names = {p.name for p in report.paths}
+    for stem in ("micro", "summary"):
+        assert {f"{stem}.tex", f"{stem}.md", f"{stem}.csv"} <= names
+    for stem in ("nmi_vs_epoch", "init_ablation", "acc_vs_params_pareto"):
+        assert {f"{stem}.pdf", f"{stem}.png"} <= names
+    assert all(p.stat().st_size > 0 for p in report.paths)
+    # figures without data are skipped with a note, never drawn empty
+    assert not (out / "acc_vs_data_fraction.png").exists()
+    assert any("data-fraction" in note for note in report.notes)
+    assert any("FGVC" in note for note in report.notes)
+    md = (out / "micro.md").read_text()
+    assert "| micro-vit | spt-deep init=kmeans | 0.50 | **86.0 ± 1.4** | – | 40.0 |" in md
+    csv = (out / "micro.csv").read_text().splitlines()
+    assert csv[0].startswith("backbone,method,params,digits,digits_std,mnist5k")
+    # paired comparison: kmeans vs full on (digits,0) +5, (digits,1) +5, (sprites-loc,0) -10
+    c = report.comparison
+    assert c is not None and c.pairs == 3 and c.mean == pytest.approx(0.0)
+    assert c.low <= c.mean <= c.high
+
+
+def test_compare_is_seeded_and_needs_an_unambiguous_variant(results: Path) -> None:
+    runs = load_runs(results)
+    assert compare(runs, "spt-deep init=sampled", "full") == compare(runs, "spt-deep init=sampled", "full")
+    assert main(["report", "--results", str(results), "--compare", "spt-deep,full"]) == 2
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine")
+def test_latex_compiles(results: Path, tmp_path: Path) -> None:
+    build_report(results, tmp_path, ("tex",))
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+                   "\\input{micro.tex}\\input{summary.tex}\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_report_over_empty_results_says_so_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", "--results", str(tmp_path / "none")]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_cli_report_prints_summary_and_paths(results: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "r"), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "summary" in out and "spt-deep init=kmeans" in out and "summary.md" in out

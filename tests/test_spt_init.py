@@ -1,0 +1,212 @@
+"""SPT prompt construction, built through the real `spt-deep` builder and checked against oracles computed here
+from timm's own modules (patch tokens per depth), scikit-learn (k-means inertia), math (VPT's bound) and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import Preprocess, TensorSplit
+from bench.kmeans import kmeans
+from bench.method import METHODS, BuildContext
+
+
+def _context(backbone, split, seed):
+    preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std)
+    gen = torch.Generator().manual_seed(seed)
+    return BuildContext(backbone, 10, split, preprocess, gen, torch.device("cpu"))
+
+
+def _noise_split(count: int, seed: int = 11) -> TensorSplit:
+    """Random uint8 images: every patch token differs from every other, so membership checks are sharp."""
+    gen = torch.Generator().manual_seed(seed)
+    return TensorSplit(torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=gen),
+                       torch.zeros(count, dtype=torch.long))
+
+
+def _drawn_images(split: TensorSplit, count: int, seed: int) -> torch.Tensor:
+    """The images the builder draws: its first use of the seeded generator is one permutation of the split."""
+    gen = torch.Generator().manual_seed(seed)
+    return split.images[torch.randperm(len(split), generator=gen)[:count]]
+
+
+@torch.no_grad()
+def _timm_patch_tokens(vit, x: torch.Tensor) -> list[torch.Tensor]:
+    """Oracle from timm modules: block 0 -> patch_embed(x) (no position); block i >= 1 -> output of block i-1 with
+    the class/register tokens removed. Each entry is images×patches×D."""
+    out = [vit.patch_embed(x)]
+    tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+    for block in list(vit.blocks)[:-1]:
+        tokens = block(tokens)
+        out.append(tokens[:, vit.num_prefix_tokens:])
+    return out
+
+
+def _build(backbone, split, seed, **overrides):
+    method = METHODS.get("spt-deep")
+    config = method.config_cls.from_overrides({k: str(v) for k, v in overrides.items()})
+    return method.build(config, _context(backbone, split, seed))
+
+
+def _members(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """For each query row, whether it equals (bit for bit) some row of `rows`."""
+    return (queries[:, None, :] == rows[None, :, :]).all(dim=2).any(dim=1)
+
+
+def test_spt_sampled_prompts_are_exact_patch_tokens_of_their_block(micro_vit):
+    split, seed, drawn, n = _noise_split(6), 3, 4, 5
+    adapted = _build(micro_vit, split, seed, init="sampled", num_prompts=n, init_images=drawn)
+    prompts = adapted.trunk.prompts.detach()
+    depth = len(micro_vit.model.blocks)
+    assert prompts.shape == (depth, n, micro_vit.num_features)
+
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, drawn, seed))
+    oracle = [t.flatten(0, 1) for t in _timm_patch_tokens(micro_vit.model, x)]
+    with torch.no_grad():
+        with_position = micro_vit.model._pos_embed(micro_vit.model.patch_embed(x))[:, 1:].flatten(0, 1)
+    for i in range(depth):
+        assert torch.unique(prompts[i], dim=0).shape[0] == n, "drawn without replacement"
+        for j in range(depth):
+            members = _members(prompts[i], oracle[j])
+            if j == i:
+                assert members.all(), f"a prompt of block {i} is not a patch token entering block {i}"
+            else:
+                assert not members.any(), f"a prompt of block {i} comes from depth {j}"
+    # Block 0 takes patch embeddings before the positional embedding (prompts carry no position).
+    assert not _members(prompts[0], with_position).any()
+
+
+def test_spt_sampled_draws_only_from_sampled_images(micro_vit):
+    """With init_images smaller than the split, prompts come from the drawn images only."""
+    split, seed = _noise_split(8), 4
+    adapted = _build(micro_vit, split, seed, init="sampled", num_prompts=20, init_images=2)
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, 2, seed))
+    block0 = micro_vit.model.patch_embed(x).detach().flatten(0, 1)
+    assert _members(adapted.trunk.prompts.detach()[0], block0).all()
+
+
+def _all_windows(tokens: torch.Tensor, grid: tuple[int, int], w: int, reduce: str) -> torch.Tensor:
+    """Every w×w window of every image's patch-token grid, mean- or max-pooled: (images·windows)×D."""
+    rows, cols = grid
+    g = tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[-1])
+    pooled = []
+    for t in range(rows - w + 1):
+        for left in range(cols - w + 1):
+            window = g[:, t:t + w, left:left + w]
+            pooled.append(window.mean(dim=(1, 2)) if reduce == "mean" else window.amax(dim=(1, 2)))
+    return torch.cat(pooled)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_spt_pooled_prompts_are_2x2_windows_of_one_image(micro_vit, reduce):
+    split, seed, n = _noise_split(3), 5, 6
+    adapted = _build(micro_vit, split, seed, init=reduce, num_prompts=n, init_images=3, pool_window=2)
+    prompts = adapted.trunk.prompts.detach()
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, 3, seed))
+    grid = tuple(micro_vit.model.patch_embed.grid_size)
+    for i, tokens in enumerate(_timm_patch_tokens(micro_vit.model, x)):
+        windows = _all_windows(tokens, grid, 2, reduce)
+        single = tokens.flatten(0, 1)
+        for row in prompts[i]:
+            distance = (windows - row).abs().amax(dim=1).min()
+            assert float(distance) <= 1e-5, f"{reduce} prompt of block {i} is no 2×2 window (off by {float(distance)})"
+            # A pooled window of distinct tokens is not itself one of the tokens.
+            assert float((single - row).abs().amax(dim=1).min()) > 1e-4
+
+
+@pytest.fixture(scope="module")
+def structured_tokens():
+    """3,072 real patch tokens: micro-vit's block-2 outputs on 48 digit images."""
+    from bench.backbone import load_backbone
+    from bench.data import TASKS
+
+    backbone = load_backbone("micro-vit")
+    images = TASKS.get("digits").load().train.images[:48]
+    x = Preprocess(backbone.input_size, backbone.mean, backbone.std)(images)
+    return _timm_patch_tokens(backbone.model, x)[2].flatten(0, 1).contiguous()
+
+
+def _inertia(x: np.ndarray, centres: np.ndarray) -> float:
+    x, centres = x.astype(np.float64), centres.astype(np.float64)
+    return float(((x[:, None, :] - centres[None]) ** 2).sum(-1).min(1).sum())
+
+
+def test_kmeans_inertia_within_one_percent_of_sklearn(structured_tokens):
+    from sklearn.cluster import KMeans
+
+    k = 10
+    x = structured_tokens.numpy()
+    reference = KMeans(n_clusters=k, n_init=1, random_state=0).fit(x)
+    ours = kmeans(structured_tokens, k, torch.Generator().manual_seed(0)).numpy()
+    assert ours.shape == (k, x.shape[1])
+    sk_inertia = _inertia(x, reference.cluster_centers_)
+    assert _inertia(x, ours) <= 1.01 * sk_inertia
+
+
+def test_kmeans_centroids_are_means_of_their_clusters(structured_tokens):
+    """Lloyd's fixed point: each centroid is the mean of the tokens nearest to it."""
+    centres = kmeans(structured_tokens, 8, torch.Generator().manual_seed(1))
+    x = structured_tokens.double()
+    labels = torch.cdist(x, centres.double()).argmin(dim=1)
+    for j in range(8):
+        members = x[labels == j]
+        assert len(members) > 0
+        torch.testing.assert_close(members.mean(0), centres[j].double(), atol=1e-4, rtol=1e-4)
+
+
+def test_kmeans_seeds_change_centroids_and_repeat_exactly(structured_tokens):
+    a = kmeans(structured_tokens, 10, torch.Generator().manual_seed(0))
+    b = kmeans(structured_tokens, 10, torch.Generator().manual_seed(1))
+    again = kmeans(structured_tokens, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(a, again)
+    assert not torch.allclose(a, b)
+
+
+def test_spt_kmeans_prompts_are_centroids_of_each_blocks_tokens(micro_vit):
+    """The builder clusters block i's tokens for prompt set i (a Lloyd fixed point on exactly those tokens)."""
+    split, seed, n = _noise_split(4), 2, 5
+    adapted = _build(micro_vit, split, seed, init="kmeans", num_prompts=n, init_images=4)
+    prompts = adapted.trunk.prompts.detach()
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, 4, seed))
+    for i, tokens in enumerate(_timm_patch_tokens(micro_vit.model, x)):
+        t = tokens.flatten(0, 1).double()
+        labels = torch.cdist(t, prompts[i].double()).argmin(dim=1)
+        for j in range(n):
+            torch.testing.assert_close(t[labels == j].mean(0), prompts[i, j].double(), atol=1e-4, rtol=1e-4)
+
+
+def test_spt_random_init_is_vpt_uniform_bound(micro_vit):
+    from scipy import stats
+
+    split = _noise_split(2)
+    n = 10
+    adapted = _build(micro_vit, split, 0, init="random", num_prompts=n)
+    prompts = adapted.trunk.prompts.detach()
+    vit = micro_vit.model
+    patch_area = vit.patch_embed.patch_size[0] * vit.patch_embed.patch_size[1]
+    bound = math.sqrt(6.0 / (3 * patch_area + vit.embed_dim))
+    assert prompts.shape == (len(vit.blocks), n, vit.embed_dim)
+    assert float(prompts.abs().max()) <= bound
+    assert float(prompts.abs().max()) > 0.95 * bound
+    assert stats.kstest(prompts.flatten().numpy() / bound, "uniform", args=(-1, 2)).pvalue > 1e-3
+
+    # SPT's random baseline is exactly VPT's init for the same seed.
+    vpt = METHODS.get("vpt-deep")
+    vpt_adapted = vpt.build(vpt.config_cls.from_overrides({"num_prompts": str(n)}), _context(micro_vit, split, 0))
+    assert torch.equal(vpt_adapted.trunk.prompts.detach(), prompts)
+
+
+@pytest.mark.parametrize("method,init", [("spt-deep", "sampled"), ("vpt-deep", None)])
+def test_prompt_init_depends_on_seed_only(micro_vit, method, init):
+    split = _noise_split(4)
+    m = METHODS.get(method)
+    overrides = {"num_prompts": "4"} | ({"init": init, "init_images": "2"} if init else {})
+    config = m.config_cls.from_overrides(overrides)
+    first = m.build(config, _context(micro_vit, split, 0)).trunk.prompts.detach()
+    again = m.build(config, _context(micro_vit, split, 0)).trunk.prompts.detach()
+    other = m.build(config, _context(micro_vit, split, 1)).trunk.prompts.detach()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
