@@ -16,10 +16,10 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from bench import BenchError
+from bench.backbone import DEFAULT_BACKBONE
 
 DEFAULT_METHODS = "linear,vpt-deep,spt-deep"
 DEFAULT_TASKS = "micro"
-DEFAULT_BACKBONE = "micro-vit"
 
 
 def _registries() -> dict[str, Any]:
@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap CI")
 
+    check = sub.add_parser("check", help="CI regression check: rerun a small fixed subset, compare with a baseline")
+    check.add_argument("--baseline", type=Path, default=None, help="baseline file (default results/baselines/check.json)")
+    check.add_argument("--tolerance", type=float, default=None, help="allowed drop in test accuracy, points (default 3)")
+    check.add_argument("--update", action="store_true", help="rerun the default subset and rewrite the baseline")
+    check.add_argument("--results", type=Path, help="keep the check's records here (default: a temporary directory)")
+
+    perf = sub.add_parser("perf", help="measure harness overhead and fast paths as ratios against their slow twins")
+    perf.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone to measure (default {DEFAULT_BACKBONE})")
+    perf.add_argument("--out", type=Path, default=Path("results/perf.json"), help="JSON output (default results/perf.json)")
+    perf.add_argument("--quick", action="store_true", help="fewer repeats, epochs and k-means layers (about half the time)")
+
     lst = sub.add_parser("list", help="show registered methods, tasks and backbones")
     lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones"], help="one registry (default all)")
     data = sub.add_parser("data", help="inspect datasets on disk")
@@ -124,6 +135,64 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             f"{c.confidence:.0%} bootstrap CI [{c.low:+.2f}, {c.high:+.2f}]", highlight=False, markup=False
         )
     return 0
+
+
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    _registries()
+    from bench.check import DEFAULT_BASELINE, DEFAULT_TOLERANCE, run_check
+    from bench.progress import GridDisplay
+
+    baseline = args.baseline or DEFAULT_BASELINE
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    if tolerance < 0:
+        raise BenchError(f"--tolerance {tolerance} is negative; pass the allowed drop in points, e.g. --tolerance 3")
+    with GridDisplay(console) as display:
+        rows = run_check(baseline, tolerance, args.update, display, args.results)
+    table = Table(title=f"bench check against {baseline} (tolerance {tolerance:g} points)", title_justify="left")
+    for column in ("run", "baseline", "now", "delta", "status"):
+        table.add_column(column)
+    styles = {"ok": "green", "new": "cyan", "regressed": "red", "failed": "red"}
+    for row in rows:
+        cells = [f"{v:.2f}" if v is not None else "–" for v in (row.baseline, row.now)]
+        delta = f"{row.delta:+.2f}" if row.delta is not None else "–"
+        table.add_row(row.label, *cells, delta, row.status, style=styles[row.status])
+    console.print(table)
+    if args.update:
+        console.print(f"baseline written to {baseline}", highlight=False)
+        return 0
+    bad = [row for row in rows if row.status in ("regressed", "failed")]
+    console.print(f"{len(bad)} of {len(rows)} run(s) regressed or failed" if bad else "no regression", highlight=False)
+    return 1 if bad else 0
+
+
+def cmd_perf(args: argparse.Namespace, console: Console) -> int:
+    import json
+    import os
+
+    import torch
+
+    from bench.backbone import check_backbone_name
+    from bench.engine import provenance
+    from bench.perf import NOISE_MARGIN, run_perf
+
+    _registries()
+    check_backbone_name(args.backbone)
+    figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"))
+    table = Table(title=f"bench perf · {args.backbone} · a miss within {NOISE_MARGIN:.0%} of its target passes as noise",
+                  title_justify="left")
+    for column in ("figure", "measured", "ratio", "target", "status", "note"):
+        table.add_column(column)
+    styles = {"pass": "green", "pass (noise)": "yellow", "fail": "red", "info": "dim"}
+    for f in figures:
+        ratio = "" if f.ratio is None else f"{f.ratio:.3g}"
+        table.add_row(f.name, f.measured, ratio, f.target, f.status, f.note, style=styles[f.status])
+    console.print(table)
+    machine = {**provenance(torch.device("cpu")), "load_average": list(os.getloadavg())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"backbone": args.backbone, "quick": args.quick, "noise_margin": NOISE_MARGIN,
+                                    "machine": machine, "figures": [f.to_dict() for f in figures]}, indent=1))
+    console.print(f"wrote {args.out}", highlight=False)
+    return 1 if any(f.status == "fail" for f in figures) else 0
 
 
 def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
@@ -301,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = Console(stderr=True)
     try:
         args = build_parser().parse_args(argv)
-        command = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "pretrain": cmd_pretrain,
-                   "report": cmd_report}[args.command]
+        command = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "pretrain": cmd_pretrain, "check": cmd_check,
+                   "report": cmd_report, "perf": cmd_perf}[args.command]
         return command(args, console)
     except BenchError as exc:
         errors.print(f"bench: error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -100,7 +100,7 @@ def run(
             train_in = _features(adapted.trunk, train_split, preprocess, config.batch_size, dev)
             val_in = _features(adapted.trunk, data.val, preprocess, config.batch_size, dev) if scores_val else None
         model: nn.Module = adapted.head
-        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x  # noqa: E731
+        prepare: Callable[[torch.Tensor], torch.Tensor] = _identity
         train_batches = lambda gen: tensor_batches(*train_in, config.batch_size, gen)  # noqa: E731
         val_batches = lambda: tensor_batches(*val_in, config.batch_size)  # noqa: E731
     else:
@@ -113,23 +113,11 @@ def run(
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     epochs = config.epochs or task.epochs
     scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss()
 
     for epoch in range(epochs):
         model.train()
         with timers["train"]:
-            total = torch.zeros((), device=dev)
-            seen = 0
-            for inputs, labels in train_batches(generator):
-                inputs, labels = prepare(inputs.to(dev, non_blocking=True)), labels.to(dev, non_blocking=True)
-                loss = loss_fn(model(inputs), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.detach() * len(labels)
-                seen += len(labels)
-            train_loss = float(total) / seen
+            train_loss = train_epoch(model, train_batches(generator), prepare, optimizer, scheduler, dev)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
         val_acc = None
@@ -179,6 +167,64 @@ def run(
         "memory": _peak_memory(dev),
         "provenance": {**provenance(dev), **_input_provenance(backbone, preprocess)},
     }
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    dev: torch.device,
+) -> float:
+    """One pass of cross-entropy training over `batches`; returns the mean loss. A function of its own so that
+    `bench perf` times exactly the loop the engine runs; the loss is summed on the device, read once per epoch."""
+    loss_fn = nn.CrossEntropyLoss()
+    total = torch.zeros((), device=dev)
+    seen = 0
+    for inputs, labels in batches:
+        inputs, labels = prepare(inputs.to(dev, non_blocking=True)), labels.to(dev, non_blocking=True)
+        loss = loss_fn(model(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach() * len(labels)
+        seen += len(labels)
+    return float(total) / seen
+
+
+def fit_heads(
+    heads: list[nn.Module], configs: list[TrainConfig], features: tuple[torch.Tensor, torch.Tensor], seed: int,
+) -> list[float]:
+    """Train several linear heads (a hyper-parameter sweep) on one cached feature tensor, as DINOv2's linear
+    evaluation does: the frozen trunk's features are the expensive part and are computed once for all heads.
+
+    Each head trains exactly as the engine trains a frozen-trunk method alone (same optimiser, schedule and batch
+    order for `seed`), so head k equals a separate run of `configs[k]`; heads train one after another because, with
+    features cached, one head's epoch is a few small matmuls and batching heads would save nothing measurable.
+
+    Returns:
+        each head's final training loss.
+    """
+    if any(config.epochs < 1 for config in configs):
+        raise ValueError("fit_heads needs resolved epochs (>= 1) in every config; see resolve_hparams")
+    losses = []
+    for head, config in zip(heads, configs, strict=True):
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = _optimizer([(name, p) for name, p in head.named_parameters() if p.requires_grad], config)
+        steps = math.ceil(len(features[1]) / config.batch_size)
+        scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps), config.epochs * steps)
+        head.train()
+        for _ in range(config.epochs):
+            loss = train_epoch(head, tensor_batches(*features, config.batch_size, generator), _identity, optimizer,
+                               scheduler, features[0].device)
+        losses.append(loss)
+    return losses
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 @torch.no_grad()

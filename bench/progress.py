@@ -58,6 +58,8 @@ class GridDisplay:
             message = f"done   {label}: {', '.join(scores)}"
         elif outcome.status == "busy":
             message = f"busy   {label}: another process is running it"
+        elif outcome.status == "skipped":  # another process finished it after this grid was planned
+            message = f"skip   {label}: another process finished it"
         else:
             message = f"FAILED {label}: {outcome.error}"
         if self.live:

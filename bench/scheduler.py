@@ -168,8 +168,7 @@ def execute(specs: list[RunSpec], execution: Execution, progress: Progress, titl
     if not pending:
         return result
     in_process = execution.backend == "loky" and execution.jobs == 1
-    # Each local worker gets its share of the cores: more threads than cores only thrash.
-    threads = None if execution.backend == "dask" else max(1, (os.cpu_count() or 1) // execution.jobs)
+    threads = None if execution.backend == "dask" else threads_per_worker(execution.jobs)
     calls = (
         delayed(_execute_one)(spec, execution, threads, progress if in_process else None) for spec in pending
     )
@@ -179,6 +178,16 @@ def execute(specs: list[RunSpec], execution: Execution, progress: Progress, titl
             result.outcomes.append(outcome)
             progress.run_finished(outcome)
     return result
+
+
+def threads_per_worker(jobs: int) -> int:
+    """Torch threads for each of `jobs` local workers: their share of the cores this process may run on (its CPU
+    affinity, which a container or `taskset` may set below the machine's count), since more threads than cores only
+    thrash; and never more than this process was given (OMP_NUM_THREADS / torch.set_num_threads): a user's limit on
+    a shared machine holds."""
+    import torch
+
+    return min(max(1, len(os.sched_getaffinity(0)) // jobs), torch.get_num_threads())
 
 
 @contextlib.contextmanager
@@ -211,10 +220,18 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
         # Re-read under the lock: another process may have finished this run since the grid was planned.
         if execution.finished(spec):
             return Outcome(spec, "skipped")
+        # A worker process (loky, a Dask worker) starts with empty registries: register what the CLI registers.
+        import methods  # noqa: F401
+        import tasks  # noqa: F401
+
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
+        from bench.kmeans import CENTROIDS
+
+        # SPT's k-means centroids are shared by every run of a sweep that sees the same tokens (see bench.kmeans).
+        CENTROIDS.directory = execution.store.root / "cache" / "centroids"
         if hooks is not None:
             hooks.run_started(spec)
         on_epoch = (lambda e, n, loss, acc: hooks.epoch(spec, e, n, loss, acc)) if hooks is not None else None

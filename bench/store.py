@@ -75,8 +75,11 @@ def variant_labels(rows: pd.DataFrame) -> pd.Series:
     for _, group in rows.groupby("method"):
         within = group.groupby(["task", "backbone", "stage"], dropna=False)
         varying = [c for c in hp if (within[c].nunique(dropna=False) > 1).any()]
+        # convert_dtypes: an integer hyper-parameter that other methods lack is a float column (NaN elsewhere); within
+        # one method it is whole numbers again, so it reads `num_prompts=5`, not `num_prompts=5.0`.
         labels[group.index] = [
-            ", ".join(f"{c[3:]}={row[c]}" for c in varying) for _, row in group[varying].iterrows()
+            ", ".join(f"{c[3:]}={value}" for c, value in zip(varying, row))
+            for row in group[varying].convert_dtypes().itertuples(index=False)
         ] if varying else ""
     return labels
 

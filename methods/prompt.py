@@ -15,6 +15,9 @@ embedding, as the reference code does; block i >= 1: the output of block i-1):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,9 +27,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from bench import kmeans as km
 from bench import nmi
 from bench.config import TrainConfig, _check
-from bench.kmeans import kmeans
 from bench.method import METHODS, Adapted, BuildContext, Probe, linear_head, register_method
 from bench.registry import Registry
 
@@ -103,9 +106,16 @@ INITIALISERS: Registry[Initialiser] = Registry("prompt init")
 
 @dataclass(frozen=True)
 class InitContext:
+    """What an initialiser may use besides the tokens.
+
+    Attributes:
+        source: digest of what determines this block's tokens (backbone, sampled images, block, device), for caches.
+    """
+
     generator: torch.Generator
     grid_size: tuple[int, int]
     window: int
+    source: str = ""
 
 
 def _register_init(name: str, description: str) -> Callable[[Initialiser], Initialiser]:
@@ -141,7 +151,11 @@ def _max(tokens: torch.Tensor, n: int, ctx: InitContext) -> torch.Tensor:
 
 @_register_init("kmeans", "the N k-means centroids of the patch tokens")
 def _kmeans(tokens: torch.Tensor, n: int, ctx: InitContext) -> torch.Tensor:
-    return kmeans(tokens.flatten(0, 1), n, ctx.generator)
+    # One draw from the run's generator whether the cache hits or not, so later draws (the training order) never
+    # depend on what happened to be cached.
+    seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+    key = km.cache_key(ctx.source, n, seed, km.SAMPLE, km.RESTARTS, km.REFINE_ITERS)
+    return km.CENTROIDS.get_or_compute(key, lambda: km.kmeans(tokens.flatten(0, 1), n, torch.Generator().manual_seed(seed)))
 
 
 def vpt_uniform(vit: VisionTransformer, layers: int, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -200,15 +214,19 @@ def build_prompts(config: VPTConfig, ctx: BuildContext, deep: bool) -> tuple[tor
     if init == "random" or config.num_prompts == 0:
         return vpt_uniform(vit, layers, config.num_prompts, ctx.generator), {"init": init}
 
-    images = ctx.preprocess(ctx.train.sample_images(config.init_images, ctx.generator).to(ctx.device))
+    raw = ctx.train.sample_images(config.init_images, ctx.generator)
+    images = ctx.preprocess(raw.to(ctx.device))
+    sample = hashlib.sha256(raw.contiguous().numpy().tobytes()).hexdigest()
+    backbone = json.dumps(ctx.backbone.describe(), sort_keys=True, default=str)
     init_ctx = InitContext(ctx.generator, tuple(vit.patch_embed.grid_size), config.pool_window)
     initialiser = INITIALISERS.get(init)
     needed = config.num_prompts if init in ("sampled", "kmeans") else 1
     prompts = []
-    for tokens in patch_tokens_per_block(vit, images):
+    for block, tokens in enumerate(patch_tokens_per_block(vit, images)):
         if tokens.shape[0] * tokens.shape[1] < needed:
             raise ValueError(f"{init} init needs {needed} tokens, the sample has {tokens.shape[0] * tokens.shape[1]}")
-        prompts.append(initialiser(tokens, config.num_prompts, init_ctx).float().cpu())
+        source = km.cache_key(backbone, sample, block, ctx.device.type)
+        prompts.append(initialiser(tokens, config.num_prompts, dataclasses.replace(init_ctx, source=source)).float().cpu())
         if len(prompts) == layers:
             break
     return torch.stack(prompts), {"init": init, "init_images": int(images.shape[0])}

@@ -1,0 +1,100 @@
+"""`bench check`: a regression check for CI on a small, fixed subset of the micro suite.
+
+The baseline file lists the runs to check (their full specs) and the test accuracy each reached when the baseline
+was made. A check recomputes every run in a fresh results directory — a stored record would hide a regression — and
+fails on any run that drops more than the tolerance below its baseline, or that fails or goes missing.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import BenchError
+from bench.backbone import DEFAULT_BACKBONE
+from bench.config import RunSpec
+from bench.scheduler import Execution, Grid, Progress, execute
+from bench.store import Store
+
+DEFAULT_BASELINE = Path("results/baselines/check.json")
+DEFAULT_TOLERANCE = 3.0
+
+
+def default_subset() -> Grid:
+    """Cheap but not trivial: the default methods on one real and two structured micro tasks, 4 epochs, one seed."""
+    return Grid(
+        methods=["linear", "vpt-deep", "spt-deep"],
+        tasks=["digits", "sprites-loc", "shapes-count"],
+        backbones=[DEFAULT_BACKBONE],
+        seeds=[0],
+        sweeps={"epochs": ["4"]},
+    )
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    label: str
+    baseline: float | None
+    now: float | None
+    status: str  # ok | regressed | failed | new
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.baseline is None or self.now is None else self.now - self.baseline
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    try:
+        baseline = json.loads(path.read_text())
+        [RunSpec(**run["spec"]) for run in baseline["runs"]]
+    except FileNotFoundError:
+        raise BenchError(f"baseline {path} does not exist; create it with `bench check --update`") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BenchError(f"baseline {path} is not a bench check baseline ({type(exc).__name__}); "
+                         "recreate it with `bench check --update`") from None
+    return baseline
+
+
+def run_check(
+    baseline_path: Path, tolerance: float, update: bool, progress: Progress, results: Path | None = None
+) -> list[CheckRow]:
+    """Recompute the baseline's runs (the default subset when updating) and compare them with the baseline."""
+    baseline = None if update else read_baseline(baseline_path)
+    specs = [RunSpec(**run["spec"]) for run in baseline["runs"]] if baseline else default_subset().fixed_specs()
+    expected = {RunSpec(**run["spec"]).run_id: run["test_acc"] for run in baseline["runs"]} if baseline else {}
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as scratch:
+        store = Store(results or scratch)
+        execute(specs, Execution(store), progress, "check")
+        records = {spec.run_id: store.read(spec.run_id) for spec in specs}
+
+    rows = []
+    for spec in specs:
+        record = records[spec.run_id]
+        now = record["metrics"]["test_acc"] if record and record["status"] == "done" else None
+        before = expected.get(spec.run_id)
+        if now is None:
+            status = "failed"
+        elif before is None:
+            status = "new"
+        else:
+            status = "ok" if now >= before - tolerance else "regressed"
+        rows.append(CheckRow(spec.label, before, now, status))
+
+    if update:
+        if any(row.status == "failed" for row in rows):
+            raise BenchError("a check run failed; the baseline was not updated (see the table above)")
+        write_baseline(baseline_path, specs, rows)
+    return rows
+
+
+def write_baseline(path: Path, specs: list[RunSpec], rows: list[CheckRow]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = [
+        {"label": row.label, "spec": spec.to_dict(), "test_acc": row.now}
+        for spec, row in zip(specs, rows)
+    ]
+    note = "bench check baseline: rewrite with `bench check --update`; accuracies are test %, CPU, one seed"
+    path.write_text(json.dumps({"note": note, "runs": runs}, indent=1) + "\n")

@@ -1,0 +1,420 @@
+"""`bench perf`: how much of the machine goes into the runs and how little into the harness, as ratios.
+
+Shared machines are noisy, so every figure is a ratio of two timings taken in the same process, interleaved
+(A B A B ...), and summarised by medians. Each figure has a target (from issue 6); a ratio passes when it meets the
+target, passes "within noise" when it misses by at most `NOISE_MARGIN` of the target, and fails otherwise. Targets
+that only describe (memory, thread layout) are reported as `info`. Nothing here is asserted in CI: the slow twins of
+every fast path are checked for *correctness* in tests/test_perf_paths.py.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import engine
+from bench.backbone import Backbone, load_backbone
+from bench.config import RunSpec
+from bench.data import TASKS, Preprocess
+from bench.kmeans import CentroidCache, inertia, kmeans
+from bench.method import METHODS, Adapted, BuildContext
+
+NOISE_MARGIN = 0.10
+TASK = "digits"
+# ViT-B's k-means problem: 12 blocks, 768 dims, 20 prompts, 100k tokens (512 images × 196 patches) per block.
+VIT_B_KMEANS = dict(layers=12, dims=768, k=20, tokens=100_352)
+
+
+@dataclass
+class Figure:
+    """One row of the report: a measured ratio against its target (`limit`, with `higher` saying which way)."""
+
+    name: str
+    measured: str
+    ratio: float | None
+    target: str
+    limit: float | None = None
+    higher: bool = False
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.limit is None or self.ratio is None:
+            return "info"
+        slack = self.limit * NOISE_MARGIN
+        meets = self.ratio >= self.limit if self.higher else self.ratio <= self.limit
+        near = self.ratio >= self.limit - slack if self.higher else self.ratio <= self.limit + slack
+        return "pass" if meets else "pass (noise)" if near else "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median seconds of each variant, run A B A B ... so that drifts in machine load hit every variant alike.
+    Each callable returns the seconds it measured (so setup it does not want timed stays out)."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            seconds[name].append(fn())
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def _spec(method: str, backbone: str, epochs: int, seed: int = 0, **hparams: Any) -> RunSpec:
+    return RunSpec(method, TASK, backbone, seed, engine.resolve_hparams(method, TASK, {"epochs": epochs, **hparams}))
+
+
+def _adapted(method: str, backbone_name: str, seed: int = 0, **hparams: Any) -> tuple[Backbone, Adapted, Preprocess]:
+    """`method` built exactly as the engine builds it for `seed` (same global seed, same generator)."""
+    data = TASKS.get(TASK).load()
+    config = METHODS.get(method).config_cls.from_overrides(hparams)
+    torch.manual_seed(seed)
+    backbone = load_backbone(backbone_name)
+    preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std)
+    ctx = BuildContext(backbone, TASKS.get(TASK).num_classes, data.train, preprocess,
+                       torch.Generator().manual_seed(seed), torch.device("cpu"))
+    return backbone, METHODS.get(method).build(config, ctx), preprocess
+
+
+# (1) harness overhead -------------------------------------------------------------------------------------------
+
+
+def harness_overhead(backbone: str, epochs: int, repeats: int) -> list[Figure]:
+    """An engine epoch (its train timer plus its NMI probe, the probe's once-per-run codebook included) against a
+    bare loop (forward, backward, AdamW step) over the same model and the same batches, already preprocessed."""
+    figures = []
+    for method in ("vpt-deep", "spt-deep"):
+        spec = _spec(method, backbone, epochs)
+        records: list[dict[str, Any]] = []
+
+        def through_engine() -> float:
+            records.append(engine.run(spec))
+            clock = records[-1]["wallclock"]
+            return (clock["train"] + clock["probe"]) / epochs
+
+        def bare() -> float:
+            _, adapted, preprocess = _adapted(method, backbone)
+            model = nn.Sequential(adapted.trunk, adapted.head).train()
+            split = TASKS.get(TASK).load().train
+            batches = [(preprocess(x), y) for x, y in split.batches(32, torch.Generator().manual_seed(0))]
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+            start = time.perf_counter()
+            for _ in range(epochs):
+                for x, y in batches:
+                    loss = F.cross_entropy(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+            return (time.perf_counter() - start) / epochs
+
+        median = interleaved({"engine": through_engine, "bare": bare}, repeats)
+        probe = statistics.median(r["wallclock"]["probe"] / r["wallclock"]["train"] for r in records)
+        figures.append(Figure(
+            f"{method}: engine epoch / bare loop", f"{median['engine']:.2f} s / {median['bare']:.2f} s",
+            median["engine"] / median["bare"], "≤ 1.10×", 1.10, details={**median, "epochs": epochs},
+        ))
+        figures.append(Figure(f"{method}: NMI probe / training", f"{probe:.1%}", probe, "≤ 5%", 0.05,
+                              note=f"{epochs} epoch(s); init codebook counted in full"))
+    return figures
+
+
+# (2) linear probe -----------------------------------------------------------------------------------------------
+
+
+def naive_frozen_probe(spec: RunSpec) -> dict[str, Any]:
+    """The slow twin of the engine's frozen-trunk path: the frozen trunk re-runs on every batch of every epoch.
+
+    Seeds, initialisation, batch order, optimiser and schedule are the engine's, so its curves and accuracies equal
+    the engine's record up to float rounding (tests/test_perf_paths.py checks it).
+    """
+    config = METHODS.get(spec.method).config_cls.from_overrides(spec.hparams)
+    task = TASKS.get(spec.task)
+    data = task.load(None)
+    dev = torch.device("cpu")
+    torch.manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.seed)
+    backbone = load_backbone(spec.backbone, spec.weights)
+    preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std)
+    adapted = METHODS.get(spec.method).build(
+        config, BuildContext(backbone, task.num_classes, data.train, preprocess, generator, dev))
+    if not adapted.trunk_frozen:
+        raise ValueError(f"{spec.method} trains its trunk; the naive frozen probe does not apply")
+    optimizer = engine._optimizer(engine._learnable(adapted), config)
+    steps = math.ceil(len(data.train) / config.batch_size)
+    scheduler = engine.warmup_cosine(optimizer, round(config.warmup_epochs * steps), config.epochs * steps)
+    features = nn.Sequential(preprocess, adapted.trunk.eval())
+    full = nn.Sequential(adapted.trunk, adapted.head)
+    curves: dict[str, list[float]] = {"train_loss": [], "val_acc": [], "epoch_seconds": []}
+    for _ in range(config.epochs):
+        start = time.perf_counter()
+        adapted.head.train()
+        curves["train_loss"].append(engine.train_epoch(
+            adapted.head, data.train.batches(config.batch_size, generator), features, optimizer, scheduler, dev))
+        curves["val_acc"].append(engine._accuracy(full, data.val.batches(config.batch_size), preprocess, dev))
+        curves["epoch_seconds"].append(time.perf_counter() - start)
+    test_acc = engine._accuracy(full, data.test.batches(config.batch_size), preprocess, dev)
+    return {"curves": curves, "test_acc": test_acc}
+
+
+def linear_probe(backbone: str, repeats: int) -> list[Figure]:
+    """End-to-end cached-feature linear probe against the naive loop, and a learning-rate sweep of heads on one
+    feature pass against separate cached runs."""
+    epochs = TASKS.get(TASK).epochs
+    spec = _spec("linear", backbone, epochs)
+    out: dict[str, Any] = {}
+
+    def cached() -> float:
+        seconds, out["cached"] = _timed(lambda: engine.run(spec))
+        return seconds
+
+    def naive() -> float:
+        seconds, out["naive"] = _timed(lambda: naive_frozen_probe(spec))
+        return seconds
+
+    median = interleaved({"cached": cached, "naive": naive}, repeats)
+    gap = abs(out["cached"]["metrics"]["test_acc"] - out["naive"]["test_acc"])
+    # The FGVC/VTAB default is 100 epochs; the naive loop's extra epochs cost its measured median epoch each, the
+    # cached run is simply run at 100 epochs.
+    long_epochs = 100
+    long_cached, _ = _timed(lambda: engine.run(_spec("linear", backbone, long_epochs)))
+    epoch_cost = statistics.median(out["naive"]["curves"]["epoch_seconds"])
+    long_naive = median["naive"] + (long_epochs - epochs) * epoch_cost
+    figures = [
+        Figure(f"linear probe, {epochs} epochs (micro default): naive / cached",
+               f"{median['naive']:.1f} s / {median['cached']:.1f} s", median["naive"] / median["cached"], "info",
+               note="bound (10·400+10·100+500)/(400+100+500) = 5.5× image passes", details=median),
+        Figure(f"linear probe, {long_epochs} epochs (FGVC/VTAB default): naive / cached",
+               f"{long_naive:.1f} s / {long_cached:.1f} s", long_naive / long_cached, "≥ 10×", 10.0, higher=True,
+               note=f"naive extrapolated: measured run + {long_epochs - epochs} × median epoch {epoch_cost:.2f} s"),
+        Figure("linear probe: |test acc cached − naive| (points)", f"{gap:.2f}", gap, "≤ 0.5", 0.5),
+    ]
+    figures.append(_head_sweep(backbone, epochs, median["cached"]))
+    return figures
+
+
+def _head_sweep(backbone: str, epochs: int, one_run: float) -> Figure:
+    search = METHODS.get("linear").search
+    configs = [METHODS.get("linear").config_cls.from_overrides({"epochs": epochs, "lr": lr, "weight_decay": wd})
+               for lr in search["lr"] for wd in search["weight_decay"]]
+    start = time.perf_counter()
+    _, adapted, preprocess = _adapted("linear", backbone)
+    train = TASKS.get(TASK).load().train
+    features = engine._features(adapted.trunk, train, preprocess, 128, torch.device("cpu"))
+    heads = [nn.Linear(adapted.head.in_features, adapted.head.out_features) for _ in configs]
+    engine.fit_heads(heads, configs, features, seed=0)
+    sweep = time.perf_counter() - start
+    return Figure(f"linear: {len(configs)}-head lr×wd sweep from one feature pass vs {len(configs)} cached runs",
+                  f"{sweep:.1f} s vs ≈{len(configs) * one_run:.1f} s", len(configs) * one_run / sweep, "info",
+                  note="separate runs estimated as count × one measured cached run (val/test evals included there)")
+
+
+# (3) k-means ----------------------------------------------------------------------------------------------------
+
+
+def vit_b_like_tokens(tokens: int, dims: int, seed: int) -> torch.Tensor:
+    """Synthetic stand-in for one ViT-B block's patch tokens: 60 anisotropic clusters on a 32-dimensional subspace
+    plus isotropic noise, so that k = 20 must merge clusters (slow, realistic convergence), seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(32, dims, generator=gen)
+    centres = torch.randn(60, 32, generator=gen) * 2
+    labels = torch.randint(60, (tokens,), generator=gen)
+    latent = centres[labels] + torch.randn(tokens, 32, generator=gen)
+    return (latent @ basis / 6 + 0.5 * torch.randn(tokens, dims, generator=gen)).contiguous()
+
+
+def kmeans_speed(layers: int) -> list[Figure]:
+    """bench.kmeans against scikit-learn's KMeans(n_init=1) on ViT-B-sized token sets, one layer at a time
+    (ours, then scikit-learn's, on the same tokens); the 12-layer total is extrapolated per layer."""
+    from sklearn.cluster import KMeans
+
+    shape = VIT_B_KMEANS
+    ours, theirs, ratios = [], [], []
+    for layer in range(layers):
+        x = vit_b_like_tokens(shape["tokens"], shape["dims"], seed=layer)
+        t_ours, centres = _timed(lambda: kmeans(x, shape["k"], torch.Generator().manual_seed(layer)))
+        t_sk, fitted = _timed(lambda: KMeans(shape["k"], n_init=1, random_state=layer).fit(x.numpy()))
+        ours.append(t_ours)
+        theirs.append(t_sk)
+        ratios.append(inertia(x, centres) / inertia(x, torch.from_numpy(fitted.cluster_centers_).float()))
+    scale = shape["layers"] / layers
+    cache = CentroidCache()
+    x = vit_b_like_tokens(shape["tokens"], shape["dims"], seed=0)
+    compute = lambda: kmeans(x, shape["k"], torch.Generator().manual_seed(0))  # noqa: E731
+    miss, _ = _timed(lambda: cache.get_or_compute("layer0", compute))
+    hit, _ = _timed(lambda: cache.get_or_compute("layer0", compute))
+    extrapolated = f" (measured {layers} layer(s), ×{scale:g})" if layers < shape["layers"] else ""
+    return [
+        Figure("k-means ViT-B-sized: ours / scikit-learn time",
+               f"{sum(ours) * scale:.1f} s / {sum(theirs) * scale:.1f} s for 12 layers{extrapolated}",
+               sum(ours) / sum(theirs), "≤ 0.20", 0.20, details={"ours": ours, "sklearn": theirs}),
+        Figure("k-means ViT-B-sized: worst inertia ours / scikit-learn", f"{max(ratios):.4f}", max(ratios), "≤ 1.01",
+               1.01, details={"per_layer": ratios}),
+        Figure("k-means centroid cache: hit / miss time", f"{hit * 1e3:.2f} ms / {miss:.1f} s", hit / miss, "info"),
+    ]
+
+
+# (4) sampled prompt construction --------------------------------------------------------------------------------
+
+
+def sampled_construction(backbone: str, repeats: int) -> Figure:
+    """SPT's `sampled` construction (draw images, preprocess, tokens per block, draw N per block) against one
+    no-grad forward of the backbone over the same images."""
+    from methods.prompt import build_prompts
+
+    bb = load_backbone(backbone)
+    preprocess = Preprocess(bb.input_size, bb.mean, bb.std)
+    config = METHODS.get("spt-deep").config_cls.from_overrides({"init": "sampled"})
+    train = TASKS.get(TASK).load().train
+    ctx = BuildContext(bb, 10, train, preprocess, torch.Generator().manual_seed(0), torch.device("cpu"))
+    images = preprocess(train.sample_images(config.init_images, torch.Generator().manual_seed(0)))
+
+    @torch.no_grad()
+    def forward() -> float:
+        return _timed(lambda: bb.model.forward_features(images))[0]
+
+    median = interleaved({"construction": lambda: _timed(lambda: build_prompts(config, ctx, deep=True))[0],
+                          "forward": forward}, repeats)
+    return Figure(f"spt-deep sampled construction ({config.init_images} images) / no-grad forward",
+                  f"{median['construction'] * 1e3:.0f} ms / {median['forward'] * 1e3:.0f} ms",
+                  median["construction"] / median["forward"], "≤ 1.2×", 1.2, details=median)
+
+
+# (5) frozen means frozen ----------------------------------------------------------------------------------------
+
+
+def frozen(backbone: str, repeats: int) -> list[Figure]:
+    """vpt-deep leaves every backbone weight without a gradient; its backward is cheaper than the same prompted
+    model with the backbone unfrozen (full fine-tuning at the same token count); training memory of both."""
+    bb, adapted, preprocess = _adapted("vpt-deep", backbone)
+    model = nn.Sequential(adapted.trunk, adapted.head).train()
+    x, y = next(TASKS.get(TASK).load().train.batches(32))
+    x = preprocess(x)
+    frozen_ok = not any(p.requires_grad for p in bb.model.parameters())
+    F.cross_entropy(model(x), y).backward()
+    frozen_ok = frozen_ok and all(p.grad is None for p in bb.model.parameters())
+
+    def backward(unfrozen: bool) -> Callable[[], float]:
+        def step() -> float:
+            bb.model.requires_grad_(unfrozen)
+            model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            return _timed(loss.backward)[0]
+
+        return step
+
+    median = interleaved({"vpt-deep": backward(False), "full": backward(True)}, repeats)
+    memory = {name: _training_memory_mb(model, x, y, unfrozen) for name, unfrozen in (("vpt-deep", False), ("full", True))}
+    bb.model.requires_grad_(False)
+    return [
+        Figure("vpt-deep: backbone weights with a gradient", "none" if frozen_ok else "some", 0.0 if frozen_ok else 1.0,
+               "none", 0.0),
+        Figure("vpt-deep / full backward, same tokens", f"{median['vpt-deep'] * 1e3:.0f} ms / {median['full'] * 1e3:.0f} ms",
+               median["vpt-deep"] / median["full"], "< 1", 1.0, details=median),
+        Figure("training memory vpt-deep vs full (batch 32)",
+               f"{memory['vpt-deep']:.0f} MB vs {memory['full']:.0f} MB", memory["vpt-deep"] / memory["full"], "info",
+               note="CUDA: peak allocated; CPU: saved activations + gradients + AdamW state"),
+    ]
+
+
+def _training_memory_mb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, unfrozen: bool) -> float:
+    """Memory one training step needs beyond the weights: tensors autograd saves for backward (each storage
+    counted once), the gradients, and AdamW's two moments per learnable parameter."""
+    model[0].vit.requires_grad_(unfrozen)
+    storages: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    del loss
+    learnable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return (sum(storages.values()) + 3 * learnable) / 2**20
+
+
+# (6) threads ----------------------------------------------------------------------------------------------------
+
+
+def _throughput_worker(backbone: str, threads: int, steps: int, barrier: Any, results: Any) -> None:
+    torch.set_num_threads(threads)
+    import methods  # noqa: F401  (a spawned process registers the methods and tasks afresh)
+    import tasks  # noqa: F401
+
+    _, adapted, preprocess = _adapted("vpt-deep", backbone)
+    model = nn.Sequential(adapted.trunk, adapted.head).train()
+    x, y = next(TASKS.get(TASK).load().train.batches(32))
+    x = preprocess(x)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    barrier.wait()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    results.put((steps * len(y), time.perf_counter() - start))
+
+
+def thread_layouts(backbone: str, steps: int) -> list[Figure]:
+    """Training throughput of 1 process × C threads against C processes × 1 thread, C = this machine's cores,
+    the layouts `--jobs 1` and `--jobs C` give (bench.scheduler.threads_per_worker)."""
+    from bench.scheduler import threads_per_worker
+
+    cores = len(os.sched_getaffinity(0))
+    spawn = multiprocessing.get_context("spawn")
+    rates = {}
+    for processes in (1, cores):
+        threads = threads_per_worker(processes)
+        barrier, results = spawn.Barrier(processes), spawn.Queue()
+        workers = [spawn.Process(target=_throughput_worker, args=(backbone, threads, steps // processes, barrier, results))
+                   for _ in range(processes)]
+        for worker in workers:
+            worker.start()
+        done = [results.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        rates[f"{processes}x{threads}"] = sum(n for n, _ in done) / max(s for _, s in done)
+    one, many = rates[f"1x{threads_per_worker(1)}"], rates[f"{cores}x{threads_per_worker(cores)}"]
+    return [Figure(f"threads: {cores} processes × {threads_per_worker(cores)} vs 1 × {threads_per_worker(1)} "
+                   f"(vpt-deep img/s)", f"{many:.0f} vs {one:.0f} img/s", many / one, "info",
+                   note=f"--jobs J on {cores} cores gives each worker {cores}//J threads", details=rates)]
+
+
+def run_perf(backbone: str, quick: bool, progress: Callable[[str], None] = lambda _: None) -> list[Figure]:
+    """Every comparison of issue 6, in order; `quick` measures fewer repeats, epochs and k-means layers."""
+    repeats = 2 if quick else 3
+    figures: list[Figure] = []
+    steps: list[tuple[str, Callable[[], list[Figure]]]] = [
+        ("harness overhead", lambda: harness_overhead(backbone, 1 if quick else 2, repeats)),
+        ("linear probe", lambda: linear_probe(backbone, 1 if quick else 2)),
+        ("k-means", lambda: kmeans_speed(1 if quick else 2)),
+        ("sampled construction", lambda: [sampled_construction(backbone, 3 * repeats)]),
+        ("frozen backbone", lambda: frozen(backbone, 3 * repeats)),
+        ("threads", lambda: thread_layouts(backbone, 16 if quick else 32)),
+    ]
+    for name, measure in steps:
+        progress(name)
+        figures += measure()
+    return figures
