@@ -44,7 +44,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
         if float(weights.sum()) == 0:  # fewer distinct tokens than centres: any token will do
             weights = torch.ones_like(weights)
         candidates = torch.multinomial(weights, trials, replacement=True, generator=generator).to(x.device)
-        to_candidates = torch.addmm(norms[candidates], x, x[candidates].T, alpha=-2).add_(norms[:, None]).clamp_min_(0)
+        to_candidates = torch.addmm(norms[candidates], x, x[candidates].T, alpha=-2)
+        to_candidates.add_(norms[:, None]).clamp_min_(0)
         candidate_dist = torch.minimum(closest.unsqueeze(0), to_candidates.T)
         best = int(candidate_dist.sum(1).argmin())
         centres.append(x[candidates[best]])

@@ -173,7 +173,9 @@ def execute(specs: list[RunSpec], execution: Execution, progress: Progress, titl
         delayed(_execute_one)(spec, execution, threads, progress if in_process else None) for spec in pending
     )
     with _parallel_backend(execution):
-        n_jobs = -1 if execution.backend == "dask" else execution.jobs
+        # joblib runs a single job in the calling process; on Dask, every pending run is a job for the cluster to
+        # queue, even when the cluster has a single worker thread.
+        n_jobs = max(2, len(pending)) if execution.backend == "dask" else execution.jobs
         for outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(calls):
             result.outcomes.append(outcome)
             progress.run_finished(outcome)

@@ -155,7 +155,8 @@ def _kmeans(tokens: torch.Tensor, n: int, ctx: InitContext) -> torch.Tensor:
     # depend on what happened to be cached.
     seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
     key = km.cache_key(ctx.source, n, seed, km.SAMPLE, km.RESTARTS, km.REFINE_ITERS)
-    return km.CENTROIDS.get_or_compute(key, lambda: km.kmeans(tokens.flatten(0, 1), n, torch.Generator().manual_seed(seed)))
+    compute = lambda: km.kmeans(tokens.flatten(0, 1), n, torch.Generator().manual_seed(seed))  # noqa: E731
+    return km.CENTROIDS.get_or_compute(key, compute)
 
 
 def vpt_uniform(vit: VisionTransformer, layers: int, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -226,7 +227,8 @@ def build_prompts(config: VPTConfig, ctx: BuildContext, deep: bool) -> tuple[tor
         if tokens.shape[0] * tokens.shape[1] < needed:
             raise ValueError(f"{init} init needs {needed} tokens, the sample has {tokens.shape[0] * tokens.shape[1]}")
         source = km.cache_key(backbone, sample, block, ctx.device.type)
-        prompts.append(initialiser(tokens, config.num_prompts, dataclasses.replace(init_ctx, source=source)).float().cpu())
+        block_ctx = dataclasses.replace(init_ctx, source=source)
+        prompts.append(initialiser(tokens, config.num_prompts, block_ctx).float().cpu())
         if len(prompts) == layers:
             break
     return torch.stack(prompts), {"init": init, "init_images": int(images.shape[0])}
