@@ -65,6 +65,20 @@ BACKBONES.register(
     "ViT 32px/patch 4, width 192, 6 blocks, seeded random init (no pre-training): the offline suite's architecture",
 )
 BACKBONES.register(
+    "micro-mae",
+    BackboneEntry(
+        "vit_tiny_patch16_224",
+        "avg",
+        MICRO_ARCH,
+        packaged_weights="micro_mae.safetensors",
+        hub_weights=False,
+        weights_hint="bench/weights/micro_mae.safetensors, which `bench pretrain mae` regenerates",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+    "the micro architecture pre-trained offline with MAE (shipped; see bench/weights/MODEL_CARD.md); mean-pooled",
+)
+BACKBONES.register(
     "mae-vit-b16",
     BackboneEntry("vit_base_patch16_224.mae", "avg", weights_hint="MAE's mae_pretrain_vit_base.pth"),
     "ViT-B/16 pre-trained with MAE on ImageNet-1k (self-supervised); mean-pooled patch tokens",

@@ -43,7 +43,7 @@ def _key(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.casefold())
 
 
-class Probe:
+class PathLog:
     """Looks up children by tolerant name and remembers every path it tried, for the not-found message.
 
     Lookups chain (`probe.file(probe.dir(root, names), ...)`); below a folder that was not found the probe still
@@ -102,7 +102,7 @@ class Located:
     notes: list[str] = field(default_factory=list)
 
 
-Finder = Callable[[Path, Probe], Located | None]
+Finder = Callable[[Path, PathLog], Located | None]
 
 
 def read_txt_list(path: Path, base: Path) -> list[Item]:
@@ -136,7 +136,7 @@ def remap_contiguous(splits: dict[str, dict[str, int]], base: Path) -> dict[str,
     return {name: [(base / rel, index[cid]) for rel, cid in mapping.items()] for name, mapping in splits.items()}
 
 
-def image_base(folder: Path, candidates: Sequence[str], first: str, probe: Probe) -> Path:
+def image_base(folder: Path, candidates: Sequence[str], first: str, probe: PathLog) -> Path:
     """The first of `folder/<candidate>` and `folder` under which the list's first image exists."""
     for base in [*(folder / c for c in candidates), folder]:
         probe.tried.append(str(base / first))
@@ -234,7 +234,7 @@ class DataSource:
 
     def locate(self, root: Path) -> Located:
         """The first layout that matches, with train, val and test (derived when the layout lacks them)."""
-        probe = Probe()
+        probe = PathLog()
         for finder in self.finders:
             found = finder(root, probe)
             if found is not None:

@@ -18,7 +18,7 @@ from torchvision import transforms as T
 
 from bench.data import TASKS, Task, register_task
 from bench.imagefiles import ImageTransforms
-from bench.layouts import DataSource, Located, Probe, image_base, read_json_map, read_txt_list, remap_contiguous
+from bench.layouts import DataSource, Located, PathLog, image_base, read_json_map, read_txt_list, remap_contiguous
 
 BICUBIC = T.InterpolationMode.BICUBIC
 TRANSFORMS = ImageTransforms(
@@ -65,7 +65,7 @@ FGVC = (
 )
 
 
-def find_vpt_json(task: FgvcTask, root: Path, probe: Probe) -> Located | None:
+def find_vpt_json(task: FgvcTask, root: Path, probe: PathLog) -> Located | None:
     folder = probe.dir(root, task.folders)
     lists = {split: probe.file(folder, [f"{split}.json"]) for split in ("train", "val", "test")}
     if folder is None or lists["train"] is None or lists["test"] is None:
@@ -78,7 +78,7 @@ def find_vpt_json(task: FgvcTask, root: Path, probe: Probe) -> Located | None:
     return Located("fgvc-vpt-json", folder, found, splits, [note])
 
 
-def find_spt_txt(task: FgvcTask, root: Path, probe: Probe) -> Located | None:
+def find_spt_txt(task: FgvcTask, root: Path, probe: PathLog) -> Located | None:
     folder = probe.dir(root, task.folders)
     for where in (folder, root):
         train = probe.file(where, [f"{prefix}_train.txt" for prefix in task.list_prefixes])

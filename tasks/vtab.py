@@ -18,7 +18,7 @@ from torchvision import transforms as T
 
 from bench.data import TASKS, Task, register_task
 from bench.imagefiles import ImageTransforms
-from bench.layouts import DataSource, Located, Probe, read_txt_list
+from bench.layouts import DataSource, Located, PathLog, read_txt_list
 
 TRANSFORMS = ImageTransforms(eval=T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC)]))
 VTAB_FOLDERS = ("vtab-1k", "vtab")
@@ -68,7 +68,7 @@ VTAB = (
 )
 
 
-def _read_lists(layout: str, folder: Path | None, probe: Probe) -> Located | None:
+def _read_lists(layout: str, folder: Path | None, probe: PathLog) -> Located | None:
     """The task folder's lists; usable when test and a training pool (train800 + val200, or train800val200) exist."""
     lists = {split: path for name, split in LISTS.items() if (path := probe.file(folder, [name])) is not None}
     has_pool = "trainval" in lists or {"train", "val"} <= set(lists)
@@ -77,7 +77,7 @@ def _read_lists(layout: str, folder: Path | None, probe: Probe) -> Located | Non
     return Located(layout, folder, lists, {split: read_txt_list(path, folder) for split, path in lists.items()})
 
 
-def _find_under_vtab(layout: str, group: str | None, task: VtabTask, root: Path, probe: Probe) -> Located | None:
+def _find_under_vtab(layout: str, group: str | None, task: VtabTask, root: Path, probe: PathLog) -> Located | None:
     """The task folder under each VTAB folder of the root (optionally inside its group folder) that has lists."""
     for vtab in probe.dirs(root, VTAB_FOLDERS) or [None]:
         parent = probe.dir(vtab, [group]) if group else vtab
@@ -87,11 +87,11 @@ def _find_under_vtab(layout: str, group: str | None, task: VtabTask, root: Path,
     return None
 
 
-def find_noah(task: VtabTask, root: Path, probe: Probe) -> Located | None:
+def find_noah(task: VtabTask, root: Path, probe: PathLog) -> Located | None:
     return _find_under_vtab("vtab-noah", None, task, root, probe)
 
 
-def find_spt(task: VtabTask, root: Path, probe: Probe) -> Located | None:
+def find_spt(task: VtabTask, root: Path, probe: PathLog) -> Located | None:
     return _find_under_vtab("vtab-spt", GROUP_FOLDERS[task.group], task, root, probe)
 
 
