@@ -55,7 +55,7 @@ class BackboneEntry:
 BACKBONES: Registry[BackboneEntry] = Registry("backbone")
 
 MICRO_ARCH = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3)
-DEFAULT_BACKBONE = "micro-vit"
+DEFAULT_BACKBONE = "micro-mae"
 
 BACKBONES.register(
     "micro-vit",

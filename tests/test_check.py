@@ -47,6 +47,7 @@ def test_missing_or_malformed_baseline_is_a_one_line_error(tmp_path: Path, capsy
     assert main(["check", "--baseline", str(tmp_path / "absent.json")]) == 2
     (tmp_path / "bad.json").write_text('{"runs": [{"spec": {"method": "linear"}}]}')
     assert main(["check", "--baseline", str(tmp_path / "bad.json")]) == 2
+    assert main(["check", "--tolerance", "-1"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("bench: error:") for line in lines)
-    assert "bench check --update" in lines[0]
+    assert len(lines) == 3 and all(line.startswith("bench: error:") for line in lines)
+    assert "bench check --update" in lines[0] and "negative" in lines[2]
