@@ -1,4 +1,4 @@
-"""`bench`: run the grid, list what is registered.
+"""`bench`: run the grid, report on it, check for regressions, measure performance, pre-train the micro backbone.
 
 Every error a user can cause ends as one line on stderr and exit status 2, never a traceback.
 """

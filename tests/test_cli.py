@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from bench.backbone import MICRO_ARCH
+from bench.backbone import DEFAULT_BACKBONE, MICRO_ARCH
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
@@ -35,11 +35,11 @@ def test_cli_run_writes_one_done_record_per_run_and_rerun_skips(tmp_path):
     for record, path in zip(contents, records):
         assert record["status"] == "done"
         assert path.stem == record["id"]
-        assert record["spec"]["task"] == "digits" and record["spec"]["backbone"] == "micro-vit"
+        assert record["spec"]["task"] == "digits" and record["spec"]["backbone"] == DEFAULT_BACKBONE
         assert record["spec"]["hparams"]["epochs"] == 1
         assert len(record["curves"]["train_loss"]) == 1
         assert 0.0 <= record["metrics"]["test_acc"] <= 100.0
-        # Learnable parameters of micro-vit runs: prompts (N·D per prompted block) plus a D→10 head.
+        # Learnable parameters of the micro architecture: prompts (N·D per prompted block) plus a D→10 head.
         d, depth = MICRO_ARCH["embed_dim"], MICRO_ARCH["depth"]
         prompts = record["spec"]["hparams"]["num_prompts"] * d * depth if record["spec"]["method"] == "vpt-deep" else 0
         assert record["params"]["learnable"] == prompts + d * 10 + 10

@@ -25,6 +25,7 @@ import pytest
 from rich.console import Console
 
 from bench import BenchError
+from bench.backbone import DEFAULT_BACKBONE
 from bench.cli import main
 from bench.config import RunSpec
 from bench.data import TASKS, Task, TaskData, TensorSplit
@@ -317,13 +318,13 @@ def test_progress_prints_plain_start_done_lines_and_the_summary_when_stdout_is_n
     resumed = [r["spec"]["task"] for r in store.records() if r not in at_kill["records"]]
     assert re.search(r"^runs: 3 run\(s\), \d already finished$", output, re.M)
     for task in resumed:
-        assert re.search(rf"^start linear · {task} · micro-vit · seed 0$", output, re.M), output
+        assert re.search(rf"^start linear · {task} · {DEFAULT_BACKBONE} · seed 0$", output, re.M), output
         assert re.search(rf"^  epoch 1/1 loss \d+\.\d+ val \d+\.\d%$", output, re.M), output
-        assert re.search(rf"^done   linear · {task} · micro-vit · seed 0: val \d+\.\d\d%, test \d+\.\d\d%$", output,
+        assert re.search(rf"^done   linear · {task} · {DEFAULT_BACKBONE} · seed 0: val \d+\.\d\d%, test \d+\.\d\d%$", output,
                          re.M), output
     assert "test accuracy (%): mean ± sample std over seeds" in output
     for task in MICRO3.split(","):  # the summary covers the whole grid, resumed or not
-        assert re.search(rf"linear .* {task} .* micro-vit .* fixed .* \d+\.\d\d .* 1 ", output), output
+        assert re.search(rf"linear .* {task} .* {DEFAULT_BACKBONE} .* fixed .* \d+\.\d\d .* 1 ", output), output
 
 
 # --------------------------------------------------------------------------------------------------------------------
