@@ -156,9 +156,6 @@ class Execution:
 class GridResult:
     outcomes: list[Outcome] = field(default_factory=list)
 
-    def having(self, status: str) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == status]
-
 
 def execute(specs: list[RunSpec], execution: Execution, progress: Progress, title: str = "runs") -> GridResult:
     """Run every spec not already finished; each run writes its own record (done or failed) where it executes."""
