@@ -1,14 +1,16 @@
 """k-means in torch for SPT's prompt construction: greedy k-means++ seeding, then Lloyd iterations.
 
 It runs on the device of the tokens (no copy to NumPy), is seeded by a torch.Generator, and stops once no
-assignment changes. Seeding follows the greedy variant scikit-learn uses (2 + log k candidates per centre, keep the
+assignment changes (on large token sets, once the inertia stops falling). Seeding follows the greedy variant scikit-learn uses (2 + log k candidates per centre, keep the
 one that lowers the potential most), which is what makes a single run land near scikit-learn's inertia.
 
-Cost model (ViT-B: ~100k tokens × 768 dims per block): the full token set is touched only by the final Lloyd
-iterations, each one float32 matmul plus an argmin (the ‖x‖² term is skipped: it is the same for every centre).
-Seeding and the first Lloyd iterations run on a random subsample of `SAMPLE` tokens, from `RESTARTS` seedings of
-which the lowest-inertia one is kept: that makes the result better than one full-size seeding, for a fraction of its
-cost, and the full-set iterations that follow start next to the optimum and converge in a few steps.
+Cost model (ViT-B: ~100k tokens × 768 dims per block): a pass over the full token set is one float32 matmul, an
+argmin and a scatter-add (the ‖x‖² term of the distance is skipped: it is the same for every centre). When there are
+more than `SAMPLE` tokens, almost all the work happens on subsamples: `RESTARTS` seedings, each followed by Lloyd, on
+`SEED_SAMPLE` tokens; the one with the lowest inertia on `SAMPLE` tokens is refined there and then on all tokens, each
+stage stopping once an iteration lowers the inertia by less than `TOL` (relative). The restarts make the result
+better than one full-size seeding, and the full-set stage starts next to a local optimum, so it takes a few passes.
+With at most `SAMPLE` tokens (SPT on the micro suite) every start runs to a fixed point on all tokens.
 """
 
 from __future__ import annotations
@@ -54,23 +56,32 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
 
 
 SAMPLE = 16_384
+SEED_SAMPLE = 4_096
 RESTARTS = 3
-# Each pass over all rows costs about as much as all the work on the sample. Measured on a ViT-B-sized problem
-# (100k tokens × 768 dims, k = 20), 10 passes from the best sampled start land within 1% of scikit-learn's inertia
-# at a fraction of its time (`bench perf` checks both); full convergence can take 50 passes for the last 0.5%.
+# Relative inertia drop below which the subsample and full-set stages stop. Measured on ViT-B-sized problems
+# (100k tokens × 768 dims, k = 20), `bench perf` checks the result against scikit-learn's inertia and time.
+TOL = 1e-4
 REFINE_ITERS = 10
 
 
-def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iters: int) -> torch.Tensor:
+def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iters: int, tol: float = 0.0) -> torch.Tensor:
     """Lloyd iterations from `centres` until no assignment changes (then every centre is the mean of its tokens, a
-    fixed point) or `max_iters`; a centre that loses all its tokens stays where it is."""
+    fixed point), an iteration lowers the inertia by at most `tol` of it, or `max_iters`; a centre that loses all
+    its tokens stays where it is."""
     centres = centres.clone()
     labels = None
+    norms_total = float(torch.linalg.vector_norm(x)) ** 2 if tol > 0 else 0.0
+    previous = math.inf
     for _ in range(max_iters):
-        # argmin_j ‖x − c_j‖² = argmin_j ‖c_j‖² − 2·x·c_j: ‖x‖² is the same for every centre, so it is never computed.
-        new_labels = torch.addmm((centres * centres).sum(1), x, centres.T, alpha=-2).argmin(1)
+        # argmin_j ‖x − c_j‖² = argmin_j ‖c_j‖² − 2·x·c_j: ‖x‖² is the same for every centre, so it is only summed once.
+        nearest, new_labels = torch.addmm((centres * centres).sum(1), x, centres.T, alpha=-2).min(1)
         if labels is not None and torch.equal(new_labels, labels):
             break
+        if tol > 0:
+            current = norms_total + float(nearest.sum(dtype=torch.float64))
+            if previous - current <= tol * current:
+                break
+            previous = current
         labels = new_labels
         counts = torch.bincount(labels, minlength=len(centres))
         sums = torch.zeros_like(centres).index_add_(0, labels, x)
@@ -88,18 +99,22 @@ def kmeans(
     With N ≤ `sample` the result is a Lloyd fixed point on x (unless `max_iters` runs out first).
 
     Args:
-        max_iters: Lloyd iterations per start on the sample.
-        sample: rows the seedings and first iterations use (all rows when N is smaller).
-        restarts: seedings tried on the sample; the one with the lowest sample inertia is refined on all rows.
+        max_iters: Lloyd iterations per start, and on the sample.
+        sample: above this many rows, seedings run on `SEED_SAMPLE` rows and are judged and refined on `sample` rows.
+        restarts: seedings tried; the one with the lowest inertia is kept.
         refine_iters: Lloyd iterations on all rows after the sample (only when N > `sample`).
     """
     if x.ndim != 2 or x.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} rows in a 2-D tensor, got shape {tuple(x.shape)}")
     x = x.float().contiguous()
-    subset = x if len(x) <= sample else x[torch.randperm(len(x), generator=generator)[:sample].to(x.device)]
-    starts = [lloyd(subset, kmeans_plusplus(subset, k, generator), max_iters) for _ in range(restarts)]
+    if len(x) <= sample:
+        starts = [lloyd(x, kmeans_plusplus(x, k, generator), max_iters) for _ in range(restarts)]
+        return min(starts, key=lambda centres: inertia(x, centres))
+    subset = x[torch.randperm(len(x), generator=generator)[:sample].to(x.device)]
+    seeding = subset[:max(k, min(SEED_SAMPLE, sample))]
+    starts = [lloyd(seeding, kmeans_plusplus(seeding, k, generator), max_iters, TOL) for _ in range(restarts)]
     best = min(starts, key=lambda centres: inertia(subset, centres))
-    return best if subset is x else lloyd(x, best, refine_iters)
+    return lloyd(x, lloyd(subset, best, max_iters, TOL), refine_iters, TOL)
 
 
 class CentroidCache:

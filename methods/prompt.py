@@ -154,7 +154,7 @@ def _kmeans(tokens: torch.Tensor, n: int, ctx: InitContext) -> torch.Tensor:
     # One draw from the run's generator whether the cache hits or not, so later draws (the training order) never
     # depend on what happened to be cached.
     seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-    key = km.cache_key(ctx.source, n, seed, km.SAMPLE, km.RESTARTS, km.REFINE_ITERS)
+    key = km.cache_key(ctx.source, n, seed, km.SAMPLE, km.SEED_SAMPLE, km.RESTARTS, km.TOL, km.REFINE_ITERS)
     compute = lambda: km.kmeans(tokens.flatten(0, 1), n, torch.Generator().manual_seed(seed))  # noqa: E731
     return km.CENTROIDS.get_or_compute(key, compute)
 
