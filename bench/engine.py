@@ -2,7 +2,8 @@
 
 The engine trains whatever the method marked learnable. When the method says its trunk is frozen (the linear probe),
 features of the train and val splits are extracted once and only the head trains on them; test features are
-extracted in the final evaluation, so the test split is read once, at the end.
+extracted in the final evaluation, so the test split is read once, at the end. Train and val features are kept in
+`FEATURES`, so the other runs of a sweep (and the final stage's seeds) reuse one feature pass.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from torch import nn
 
 from bench import BenchError
 from bench.backbone import Backbone, load_backbone
+from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Preprocess, Split, tensor_batches
 from bench.method import METHODS, Adapted, BuildContext, Probe
 
 EpochCallback = Callable[[int, int, float, float], None]
+
+# Frozen trunks' features of train/val splits, by everything they depend on; `bench.scheduler` points it at the
+# results directory.
+FEATURES = TensorCache()
 
 
 class NonFiniteLoss(RuntimeError):
@@ -96,9 +102,17 @@ def run(
         with timers["probe"]:
             _measure(adapted.probe, adapted.trunk, probe_batch, curves)
     if adapted.trunk_frozen:
+        # A frozen trunk is a fixed function of the backbone, so its features depend on what builds it and what it
+        # reads; never on the seed or the head's hyper-parameters. The test split is never cached.
+        # (The batch size is in the key only because float results may differ, in the last bits, across batch sizes.)
+        source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone.describe(), spec.task,
+                  data.info, config.batch_size, dev.type)
+        train_name = "train+val" if spec.stage == "final" else "train"
         with timers["feature_cache"]:
-            train_in = _features(adapted.trunk, train_split, preprocess, config.batch_size, dev)
-            val_in = _features(adapted.trunk, data.val, preprocess, config.batch_size, dev) if scores_val else None
+            train_in = _cached_features(source, train_name, adapted.trunk, train_split, preprocess, config.batch_size,
+                                        dev)
+            val_in = (_cached_features(source, "val", adapted.trunk, data.val, preprocess, config.batch_size, dev)
+                      if scores_val else None)
         model: nn.Module = adapted.head
         prepare: Callable[[torch.Tensor], torch.Tensor] = _identity
         train_batches = lambda gen: tensor_batches(*train_in, config.batch_size, gen)  # noqa: E731
@@ -194,35 +208,6 @@ def train_epoch(
     return float(total) / seen
 
 
-def fit_heads(
-    heads: list[nn.Module], configs: list[TrainConfig], features: tuple[torch.Tensor, torch.Tensor], seed: int,
-) -> list[float]:
-    """Train several linear heads (a hyper-parameter sweep) on one cached feature tensor, as DINOv2's linear
-    evaluation does: the frozen trunk's features are the expensive part and are computed once for all heads.
-
-    Each head trains exactly as the engine trains a frozen-trunk method alone (same optimiser, schedule and batch
-    order for `seed`), so head k equals a separate run of `configs[k]`; heads train one after another because, with
-    features cached, one head's epoch is a few small matmuls and batching heads would save nothing measurable.
-
-    Returns:
-        each head's final training loss.
-    """
-    if any(config.epochs < 1 for config in configs):
-        raise ValueError("fit_heads needs resolved epochs (>= 1) in every config; see resolve_hparams")
-    losses = []
-    for head, config in zip(heads, configs, strict=True):
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = _optimizer([(name, p) for name, p in head.named_parameters() if p.requires_grad], config)
-        steps = math.ceil(len(features[1]) / config.batch_size)
-        scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps), config.epochs * steps)
-        head.train()
-        for _ in range(config.epochs):
-            loss = train_epoch(head, tensor_batches(*features, config.batch_size, generator), _identity, optimizer,
-                               scheduler, features[0].device)
-        losses.append(loss)
-    return losses
-
-
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
@@ -296,6 +281,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _cached_features(
+    source: tuple[Any, ...], split_name: str, trunk: nn.Module, split: Split, preprocess: Preprocess, batch_size: int,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    compute = lambda: _features(trunk, split, preprocess, batch_size, dev)  # noqa: E731
+    features, labels = FEATURES.get_or_compute(cache_key(source, split_name), compute)
+    return features.to(dev), labels.to(dev)
 
 
 @torch.no_grad()

@@ -15,13 +15,11 @@ With at most `SAMPLE` tokens (SPT on the micro suite) every start runs to a fixe
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from pathlib import Path
-from typing import Callable
 
 import torch
+
+from bench.cache import TensorCache
 
 
 def squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -117,41 +115,5 @@ def kmeans(
     return lloyd(x, lloyd(subset, best, max_iters, TOL), refine_iters, TOL)
 
 
-class CentroidCache:
-    """Centroids by key, kept in this process and, when `directory` is set, on disk, so that a sweep (learning
-    rates × weight decays × prompt counts ...) runs k-means once per (backbone, sample, layer, k, seed).
-
-    Keys are content hashes chosen by the caller (see `methods.prompt`), so a hit can only return what the same
-    inputs would compute; files are written to a temporary name and renamed, so a killed run leaves no torn entry.
-    """
-
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory
-        self.hits = 0
-        self.misses = 0
-        self._memory: dict[str, torch.Tensor] = {}
-
-    def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key not in self._memory and self.directory is not None and (self.directory / f"{key}.pt").is_file():
-            self._memory[key] = torch.load(self.directory / f"{key}.pt", weights_only=True)
-        if key in self._memory:
-            self.hits += 1
-            return self._memory[key].clone()
-        self.misses += 1
-        centres = compute().detach().cpu()
-        self._memory[key] = centres
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            temporary = self.directory / f".{key}.{os.getpid()}.tmp"
-            torch.save(centres, temporary)
-            temporary.replace(self.directory / f"{key}.pt")
-        return centres.clone()
-
-
-def cache_key(*parts: object) -> str:
-    """A file-name-safe digest of `parts` (their reprs), for `CentroidCache`."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-
-
 # The process-wide cache SPT's k-means init uses; `bench.scheduler` points it at the results directory.
-CENTROIDS = CentroidCache()
+CENTROIDS = TensorCache()

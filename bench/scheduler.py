@@ -25,7 +25,8 @@ from joblib import Parallel, delayed, parallel_config
 
 from bench import BenchError
 from bench.config import RunSpec
-from bench.engine import resolve_hparams, run
+from bench.engine import FEATURES, resolve_hparams, run
+from bench.kmeans import CENTROIDS
 from bench.method import METHODS
 from bench.store import Store
 
@@ -227,10 +228,9 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
             import torch
 
             torch.set_num_threads(threads)
-        from bench.kmeans import CENTROIDS
-
-        # SPT's k-means centroids are shared by every run of a sweep that sees the same tokens (see bench.kmeans).
+        # Shared by every run of a sweep, in any process that sees this results directory (see bench.cache).
         CENTROIDS.directory = execution.store.root / "cache" / "centroids"
+        FEATURES.directory = execution.store.root / "cache" / "features"
         if hooks is not None:
             hooks.run_started(spec)
         on_epoch = (lambda e, n, loss, acc: hooks.epoch(spec, e, n, loss, acc)) if hooks is not None else None

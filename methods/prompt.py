@@ -29,6 +29,7 @@ from torch import nn
 
 from bench import kmeans as km
 from bench import nmi
+from bench.cache import cache_key
 from bench.config import TrainConfig, _check
 from bench.method import METHODS, Adapted, BuildContext, Probe, linear_head, register_method
 from bench.registry import Registry
@@ -154,7 +155,7 @@ def _kmeans(tokens: torch.Tensor, n: int, ctx: InitContext) -> torch.Tensor:
     # One draw from the run's generator whether the cache hits or not, so later draws (the training order) never
     # depend on what happened to be cached.
     seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-    key = km.cache_key(ctx.source, n, seed, km.SAMPLE, km.SEED_SAMPLE, km.RESTARTS, km.TOL, km.REFINE_ITERS)
+    key = cache_key(ctx.source, n, seed, km.SAMPLE, km.SEED_SAMPLE, km.RESTARTS, km.TOL, km.REFINE_ITERS)
     compute = lambda: km.kmeans(tokens.flatten(0, 1), n, torch.Generator().manual_seed(seed))  # noqa: E731
     return km.CENTROIDS.get_or_compute(key, compute)
 
@@ -226,7 +227,7 @@ def build_prompts(config: VPTConfig, ctx: BuildContext, deep: bool) -> tuple[tor
     for block, tokens in enumerate(patch_tokens_per_block(vit, images)):
         if tokens.shape[0] * tokens.shape[1] < needed:
             raise ValueError(f"{init} init needs {needed} tokens, the sample has {tokens.shape[0] * tokens.shape[1]}")
-        source = km.cache_key(backbone, sample, block, ctx.device.type)
+        source = cache_key(backbone, sample, block, ctx.device.type)
         block_ctx = dataclasses.replace(init_ctx, source=source)
         prompts.append(initialiser(tokens, config.num_prompts, block_ctx).float().cpu())
         if len(prompts) == layers:

@@ -223,6 +223,8 @@ def test_tune_protocol_never_reads_test_in_stage_1_and_the_final_stage_reads_it(
     stage1 = execute(tuning, Execution(store), Progress())
     assert [o.status for o in stage1.outcomes] == ["done"] * len(tuning), [o.error for o in stage1.outcomes]
     assert guard.reads == []
+    features = store.root / "cache" / "features"
+    assert len(list(features.glob("*.pt"))) == 2, "the whole stage shares one pass over train and one over val"
     records = {spec.run_id: store.read(spec.run_id) for spec in tuning}
     for record in records.values():
         assert record["status"] == "done" and record["spec"]["stage"] == "tune"
@@ -247,6 +249,7 @@ def test_tune_protocol_never_reads_test_in_stage_1_and_the_final_stage_reads_it(
     guard.armed = False
     final = execute(finals, Execution(store, retry_failed=True), Progress())
     assert [o.status for o in final.outcomes] == ["done", "done"]
+    assert len(list(features.glob("*.pt"))) == 3, "the seeds of the final stage share one pass over train+val"
     for spec in finals:
         record = store.read(spec.run_id)
         assert record["spec"]["stage"] == "final" and record["spec"]["hparams"] == winner.hparams

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from bench import engine
+from bench.cache import TensorCache
 from bench.config import RunSpec
-from bench.kmeans import CENTROIDS, CentroidCache, inertia, kmeans
+from bench.kmeans import CENTROIDS, inertia, kmeans
 from bench.method import METHODS
 from bench.perf import naive_frozen_probe, vit_b_like_tokens
 
@@ -28,22 +28,30 @@ def test_cached_feature_linear_probe_equals_the_naive_loop(tiny_registered):
     assert cached["metrics"]["test_acc"] == naive["test_acc"]
 
 
-def test_multi_head_sweep_equals_separate_single_head_runs():
-    gen = torch.Generator().manual_seed(0)
-    features = (torch.randn(70, 16, generator=gen), torch.randint(4, (70,), generator=gen))
-    config_cls = METHODS.get("linear").config_cls
-    configs = [config_cls.from_overrides({"epochs": 3, "lr": lr, "batch_size": 16}) for lr in (0.1, 0.01, 0.001)]
+def test_a_linear_sweep_shares_one_feature_pass_and_each_run_equals_one_that_extracts_its_own(
+    tiny_registered, tmp_path
+):
+    backbone, task = tiny_registered
+    sweep = [RunSpec("linear", task, backbone, 0, engine.resolve_hparams("linear", task, {"epochs": 2, "lr": lr}),
+                     stage="tune") for lr in (0.1, 0.01)]
+    engine.FEATURES.directory = tmp_path
+    shared = [engine.run(spec) for spec in sweep]
+    assert (engine.FEATURES.misses, engine.FEATURES.hits) == (2, 2), "train and val features once, for both runs"
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert shared[0]["curves"] != shared[1]["curves"], "different learning rates train different heads"
 
-    def heads() -> list[nn.Linear]:
-        torch.manual_seed(5)
-        return [nn.Linear(16, 4) for _ in configs]
+    engine.FEATURES.directory = None
+    for spec, record in zip(sweep, shared):
+        engine.FEATURES.clear()
+        alone = engine.run(spec)
+        assert alone["curves"] == record["curves"] and alone["metrics"] == record["metrics"]
 
-    swept = heads()
-    engine.fit_heads(swept, configs, features, seed=1)
-    for head, single, config in zip(swept, heads(), configs):
-        engine.fit_heads([single], [config], features, seed=1)
-        assert torch.equal(head.weight, single.weight) and torch.equal(head.bias, single.bias)
-    assert not torch.equal(swept[0].weight, swept[1].weight), "different learning rates train different heads"
+    # Another process (an empty memory) on the same results directory reads the features from disk.
+    engine.FEATURES.clear()
+    engine.FEATURES.directory = tmp_path
+    misses = engine.FEATURES.misses
+    assert engine.run(sweep[1])["curves"] == shared[1]["curves"]
+    assert engine.FEATURES.misses == misses
 
 
 def test_fast_kmeans_inertia_within_one_percent_of_sklearn_on_a_vit_b_like_problem():
@@ -59,10 +67,10 @@ def test_fast_kmeans_inertia_within_one_percent_of_sklearn_on_a_vit_b_like_probl
 
 def test_centroid_cache_hits_return_identical_centroids_and_keys_separate(tmp_path):
     x = vit_b_like_tokens(500, 32, seed=1)
-    cache = CentroidCache(tmp_path)
+    cache = TensorCache(tmp_path)
     computed = cache.get_or_compute("a", lambda: kmeans(x, 4, torch.Generator().manual_seed(0)))
     again = cache.get_or_compute("a", lambda: pytest.fail("a hit must not recompute"))
-    from_disk = CentroidCache(tmp_path).get_or_compute("a", lambda: pytest.fail("a disk hit must not recompute"))
+    from_disk = TensorCache(tmp_path).get_or_compute("a", lambda: pytest.fail("a disk hit must not recompute"))
     assert torch.equal(computed, again) and torch.equal(computed, from_disk)
     assert (cache.hits, cache.misses) == (1, 1)
     cache.get_or_compute("b", lambda: kmeans(x, 4, torch.Generator().manual_seed(1)))
@@ -83,9 +91,7 @@ def _spt_kmeans_prompts(micro_vit, seed: int) -> torch.Tensor:
     return method.build(config, ctx).trunk.prompts.detach()
 
 
-def test_spt_kmeans_init_is_cached_per_block_and_seed(micro_vit, monkeypatch):
-    monkeypatch.setattr(CENTROIDS, "_memory", {})
-    monkeypatch.setattr(CENTROIDS, "directory", None)
+def test_spt_kmeans_init_is_cached_per_block_and_seed(micro_vit):
     blocks = len(micro_vit.model.blocks)
     hits, misses = CENTROIDS.hits, CENTROIDS.misses
     first = _spt_kmeans_prompts(micro_vit, seed=0)
@@ -95,3 +101,16 @@ def test_spt_kmeans_init_is_cached_per_block_and_seed(micro_vit, monkeypatch):
     other = _spt_kmeans_prompts(micro_vit, seed=1)
     assert CENTROIDS.misses - misses == 2 * blocks, "another seed is another key"
     assert not torch.equal(other, first)
+
+
+def test_the_memory_of_a_cache_keeps_the_most_recently_used_entries_within_its_byte_budget(monkeypatch):
+    from bench import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MEMORY_BYTES", 2 * 4 * 100)  # two entries of 100 float32
+    cache = TensorCache()
+    for key in "abc":
+        cache.get_or_compute(key, lambda: (torch.zeros(100), torch.ones(0)))
+    cache.get_or_compute("b", lambda: pytest.fail("b was used recently and must be held"))
+    computed = []
+    cache.get_or_compute("a", lambda: computed.append("a") or (torch.zeros(100), torch.ones(0)))
+    assert computed == ["a"], "a, the least recently used, was evicted"
