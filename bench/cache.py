@@ -6,9 +6,10 @@ features of a split (`bench.engine.FEATURES`, one feature pass per backbone, tas
 sweep, the tune protocol's stage 1 and the final stage's seeds included).
 
 Keys are digests of everything the value depends on, chosen by the caller, so a hit can only return what the same
-inputs would compute. Entries live in this process (the most recently used, up to `MEMORY_BYTES`) and, once `bench.scheduler`
-points `directory` at the results directory, on disk, where runs in other processes or on other machines of a
-cluster find them; files are written to a temporary name and renamed, so a killed run leaves no torn entry.
+inputs would compute. Entries live in this process (the most recently used, up to `MEMORY_BYTES`) and, once
+`bench.scheduler` points `directory` at the results directory, on disk, where runs in other processes or on other
+machines of a cluster find them; files are written to a temporary name and renamed, so a killed run leaves no torn
+entry.
 """
 
 from __future__ import annotations

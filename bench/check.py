@@ -7,6 +7,7 @@ fails on any run that drops more than the tolerance below its baseline, or that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -65,8 +66,8 @@ def run_check(
     baseline = None if update else read_baseline(baseline_path)
     specs = [RunSpec(**run["spec"]) for run in baseline["runs"]] if baseline else default_subset().fixed_specs()
     expected = {RunSpec(**run["spec"]).run_id: run["test_acc"] for run in baseline["runs"]} if baseline else {}
-    with tempfile.TemporaryDirectory(prefix="bench-check-") as scratch:
-        store = Store(results or scratch)
+    with contextlib.ExitStack() as stack:
+        store = Store(results or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-check-")))
         execute(specs, Execution(store), progress, "check")
         records = {spec.run_id: store.read(spec.run_id) for spec in specs}
 

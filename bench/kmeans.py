@@ -1,8 +1,9 @@
 """k-means in torch for SPT's prompt construction: greedy k-means++ seeding, then Lloyd iterations.
 
 It runs on the device of the tokens (no copy to NumPy), is seeded by a torch.Generator, and stops once no
-assignment changes (on large token sets, once the inertia stops falling). Seeding follows the greedy variant scikit-learn uses (2 + log k candidates per centre, keep the
-one that lowers the potential most), which is what makes a single run land near scikit-learn's inertia.
+assignment changes (on large token sets, once the inertia stops falling). Seeding follows the greedy variant
+scikit-learn uses (2 + log k candidates per centre, keep the one that lowers the potential most), which is what makes
+a single run land near scikit-learn's inertia.
 
 Cost model (ViT-B: ~100k tokens × 768 dims per block): a pass over the full token set is one float32 matmul, an
 argmin and a scatter-add (the ‖x‖² term of the distance is skipped: it is the same for every centre). When there are

@@ -125,12 +125,13 @@ def build_corpus(recipe: MAERecipe) -> tuple[torch.Tensor, dict[str, int]]:
     from tasks import micro
 
     rng = np.random.default_rng(recipe.seed + 7_000_000)  # a stream no micro task draws from
-    sprites, _, _ = micro._sprites(recipe.seed + 7_000_001, recipe.corpus_sprites, ("square", "ellipse", "triangle"))
+    shapes = ("square", "ellipse", "triangle")
+    sprites, _, _ = micro.render_sprites(recipe.seed + 7_000_001, recipe.corpus_sprites, shapes)
     scenes = np.stack([micro.render_count_scene(rng, int(rng.integers(0, 8))) for _ in range(recipe.corpus_scenes)])
     parts = {
         "digits_held_out": micro.pretraining_pool("digits")[:recipe.corpus_held_out_digits],
         "mnist_held_out": micro.pretraining_pool("mnist")[:recipe.corpus_held_out_digits],
-        "sprites": micro._to_rgb_uint8(sprites),
+        "sprites": sprites,
         "scenes": torch.from_numpy((scenes * 255 + 0.5).astype(np.uint8)).permute(0, 3, 1, 2).contiguous(),
         "photo_crops": photo_crops(recipe.corpus_photo_crops, rng),
     }

@@ -96,7 +96,8 @@ def _shape_mask(kind: str, cx: float, cy: float, scale: float, angle: float) -> 
     return (u > -0.6) & (u < 1.0) & (np.abs(v) < 0.55 * (1.0 - u) / 1.6)
 
 
-def _sprites(seed: int, count: int, kinds: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_sprites(seed: int, count: int, kinds: tuple[str, ...]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """`count` dSprites-like images (N×3×H×W uint8) of shapes drawn from `kinds`, with each one's x and angle."""
     rng = np.random.default_rng(seed)
     images = np.empty((count, SIZE, SIZE))
     xs, angles = rng.uniform(0.2, 0.8, count), rng.uniform(0, 2 * np.pi, count)
@@ -104,21 +105,21 @@ def _sprites(seed: int, count: int, kinds: tuple[str, ...]) -> tuple[np.ndarray,
     shapes = rng.integers(len(kinds), size=count)
     for i in range(count):
         images[i] = _downsample(_shape_mask(kinds[shapes[i]], xs[i], ys[i], scales[i], angles[i]).astype(float))
-    return images, xs, angles
+    return _to_rgb_uint8(images), xs, angles
 
 
 @functools.cache
 def _sprites_loc() -> TaskData:
-    images, xs, _ = _sprites(SPLIT_SEED + 1, TASK_IMAGES, ("square", "ellipse", "triangle"))
+    images, xs, _ = render_sprites(SPLIT_SEED + 1, TASK_IMAGES, ("square", "ellipse", "triangle"))
     labels = np.minimum(((xs - 0.2) / 0.6 * 8).astype(np.int64), 7)
-    return _split(_to_rgb_uint8(images), torch.from_numpy(labels), {"source": "procedural dSprites-like"})
+    return _split(images, torch.from_numpy(labels), {"source": "procedural dSprites-like"})
 
 
 @functools.cache
 def _sprites_ori() -> TaskData:
-    images, _, angles = _sprites(SPLIT_SEED + 2, TASK_IMAGES, ("triangle",))
+    images, _, angles = render_sprites(SPLIT_SEED + 2, TASK_IMAGES, ("triangle",))
     labels = np.minimum((angles / (2 * np.pi) * 8).astype(np.int64), 7)
-    return _split(_to_rgb_uint8(images), torch.from_numpy(labels), {"source": "procedural dSprites-like"})
+    return _split(images, torch.from_numpy(labels), {"source": "procedural dSprites-like"})
 
 
 def render_count_scene(rng: np.random.Generator, objects: int) -> np.ndarray:
