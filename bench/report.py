@@ -357,7 +357,12 @@ def _figure() -> tuple[Any, Any]:
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
-    return plt.subplots(figsize=(4.5, 3.2), constrained_layout=True)
+    return plt.subplots(figsize=(6.0, 3.2), constrained_layout=True)
+
+
+def _legend(ax: Any) -> None:
+    """Beside the axes, not on them: with ten method variants an inside legend hides curves."""
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _save(fig: Any, out: Path, stem: str) -> list[Path]:
@@ -365,7 +370,7 @@ def _save(fig: Any, out: Path, stem: str) -> list[Path]:
 
     paths = [out / f"{stem}.pdf", out / f"{stem}.png"]
     for path in paths:
-        fig.savefig(path, dpi=200)
+        fig.savefig(path, dpi=200, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -397,7 +402,7 @@ def fig_nmi(runs: pd.DataFrame, out: Path) -> list[Path] | str:
         ax.plot(mean.index, mean.values, label=label, **_style(i))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch (0 = at init)", ylabel="NMI, prompts vs patch tokens\n(mean over blocks)", ylim=(0, 1))
-    ax.legend(fontsize="x-small")
+    _legend(ax)
     return _save(fig, out, "nmi_vs_epoch")
 
 
@@ -422,7 +427,7 @@ def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
                         ha="center", va="bottom", fontsize="xx-small")
     ax.set_xticks(range(len(inits)), inits)
     ax.set(xlabel="prompt initialisation (label: construction wall-clock)", ylabel="test accuracy (%)")
-    ax.legend(fontsize="x-small")
+    _legend(ax)
     return _save(fig, out, "init_ablation")
 
 
@@ -443,7 +448,7 @@ def _line_figure(runs: pd.DataFrame, x: pd.Series, setting: str | None, xlabel: 
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)\n(mean over tasks and seeds)")
-    ax.legend(fontsize="x-small")
+    _legend(ax)
     return fig
 
 
@@ -488,7 +493,7 @@ def fig_pareto(runs: pd.DataFrame, out: Path) -> list[Path] | str:
         ax.plot(front["pct"], front["acc"], color="grey", linewidth=0.8, zorder=0)
     ax.set_xscale("log")
     ax.set(xlabel="learnable parameters (% of backbone, log)", ylabel="test accuracy (%)\n(mean over tasks and seeds)")
-    ax.legend(fontsize="xx-small")
+    _legend(ax)
     return _save(fig, out, "acc_vs_params_pareto")
 
 
