@@ -346,7 +346,7 @@ def provenance(dev: torch.device) -> dict[str, Any]:
             versions[package] = None
     return {
         "versions": {**versions, "python": platform.python_version()},
-        "git_commit": _git_commit(),
+        "git_commit": CODE_COMMIT,
         "device": torch.cuda.get_device_name(dev) if _is_cuda(dev) else f"cpu ({platform.processor() or platform.machine()})",
         "torch_threads": torch.get_num_threads(),
         "precision": "bf16 autocast" if _is_cuda(dev) else "fp32",
@@ -354,11 +354,20 @@ def provenance(dev: torch.device) -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """HEAD of the checkout this code was imported from, with `+dirty` when tracked files differ from it."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
+    commit = head.stdout.strip()
+    if head.returncode != 0 or not commit:
+        return None
+    return f"{commit}+dirty" if status.stdout.strip() else commit
+
+
+# Read once, when the code is imported: a long grid must record the code it runs, not whatever HEAD is by the time
+# each of its runs finishes.
+CODE_COMMIT = _git_commit()
