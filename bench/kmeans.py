@@ -57,8 +57,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
 SAMPLE = 16_384
 SEED_SAMPLE = 4_096
 RESTARTS = 3
-# Relative inertia drop below which the subsample and full-set stages stop. Measured on ViT-B-sized problems
-# (100k tokens × 768 dims, k = 20), `bench perf` checks the result against scikit-learn's inertia and time.
+# Relative inertia drop below which the subsample and full-set stages stop; chosen on ViT-B-sized problems (100k
+# tokens × 768 dims, k = 20), where `bench perf` checks the result against scikit-learn's inertia and time.
 TOL = 1e-4
 REFINE_ITERS = 10
 
