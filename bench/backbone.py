@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import timm
 import torch
-from timm.data import resolve_data_config
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
@@ -24,6 +23,12 @@ from bench import BenchError
 from bench.registry import Registry
 
 Pooling = Literal["token", "avg"]
+# What the weights were pre-trained with; recipes resolve their values per objective (see bench.recipes).
+Objective = Literal["mae", "mocov3", "supervised", "none"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -34,22 +39,25 @@ class BackboneEntry:
 
     Attributes:
         timm_name: timm architecture, with a pretrained tag (`arch.tag`) when the hub holds the weights.
-        pooling: `token` (CLS, supervised and MoCo-v3 convention) or `avg` (mean of patch tokens, MAE convention).
+        mean, std: the input normalisation the weights were trained with. It belongs to the weights, not to where
+            they come from: the same for hub weights, `--weights PATH` and packaged weights.
+        objective: the pre-training objective, which recipes key their per-backbone values on.
+        pooling: `token` (CLS, supervised and MoCo-v3 convention) or `avg` (MAE convention; see `pool_features`).
         arch_kwargs: overrides passed to `timm.create_model` (image size, depth, width, ...).
         packaged_weights: file name under `bench/weights/` shipped with the package, if any.
         hub_weights: whether `timm_name` carries hub weights; False means only `--weights PATH` gives pretrained ones.
         weights_hint: what to tell a user who has no weights for this backbone.
-        mean, std: input normalisation when timm's pretrained config does not define it.
     """
 
     timm_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    objective: Objective
     pooling: Pooling = "token"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     packaged_weights: str | None = None
     hub_weights: bool = True
     weights_hint: str = ""
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
 
 
 BACKBONES: Registry[BackboneEntry] = Registry("backbone")
@@ -59,45 +67,52 @@ DEFAULT_BACKBONE = "micro-mae"
 
 BACKBONES.register(
     "micro-vit",
-    BackboneEntry(
-        "vit_tiny_patch16_224", "token", MICRO_ARCH, hub_weights=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
-    ),
+    BackboneEntry("vit_tiny_patch16_224", HALF, HALF, "none", "token", MICRO_ARCH, hub_weights=False),
     "ViT 32px/patch 4, width 192, 6 blocks, seeded random init (no pre-training): the offline suite's architecture",
 )
 BACKBONES.register(
     "micro-mae",
     BackboneEntry(
         "vit_tiny_patch16_224",
+        HALF,  # what `bench pretrain mae` normalises with
+        HALF,
+        "mae",
         "avg",
         MICRO_ARCH,
         packaged_weights="micro_mae.safetensors",
         hub_weights=False,
         weights_hint="bench/weights/micro_mae.safetensors, which `bench pretrain mae` regenerates",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
     ),
     "the micro architecture pre-trained offline with MAE (shipped; see bench/weights/MODEL_CARD.md); mean-pooled",
 )
 BACKBONES.register(
     "mae-vit-b16",
-    BackboneEntry("vit_base_patch16_224.mae", "avg", weights_hint="MAE's mae_pretrain_vit_base.pth"),
+    # MAE pre-trains with ImageNet's mean/std (its main_pretrain.py), whatever file the weights arrive in.
+    BackboneEntry(
+        "vit_base_patch16_224.mae", IMAGENET_MEAN, IMAGENET_STD, "mae", "avg",
+        weights_hint="MAE's mae_pretrain_vit_base.pth",
+    ),
     "ViT-B/16 pre-trained with MAE on ImageNet-1k (self-supervised); mean-pooled patch tokens",
 )
 BACKBONES.register(
     "mocov3-vit-b16",
     BackboneEntry(
         "vit_base_patch16_224",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "mocov3",
         "token",
         hub_weights=False,
         weights_hint="MoCo-v3's vit-b-300ep.pth.tar (from the MoCo-v3 repository's model zoo)",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
     ),
     "ViT-B/16 pre-trained with MoCo-v3 on ImageNet-1k (self-supervised); needs --weights PATH",
 )
 BACKBONES.register(
     "sup21k-vit-b16",
-    BackboneEntry("vit_base_patch16_224.orig_in21k", "token", weights_hint="Google's imagenet21k ViT-B_16.npz"),
+    BackboneEntry(
+        "vit_base_patch16_224.orig_in21k", HALF, HALF, "supervised", "token",
+        weights_hint="Google's imagenet21k ViT-B_16.npz",
+    ),
     "ViT-B/16 supervised on ImageNet-21k (the VPT paper's backbone)",
 )
 
@@ -109,6 +124,7 @@ class Backbone:
     name: str
     model: VisionTransformer
     pooling: Pooling
+    objective: Objective
     input_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -129,6 +145,7 @@ class Backbone:
             "name": self.name,
             "timm_arch": self.model.default_cfg.get("architecture", type(self.model).__name__),
             "pooling": self.pooling,
+            "objective": self.objective,
             "input_size": self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -139,19 +156,21 @@ class Backbone:
         }
 
 
-def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0) -> Backbone:
+def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0, drop_path: float = 0.0) -> Backbone:
     """Build backbone `name` (a registered name or any timm ViT) with weights from `weights`, the package or the hub.
 
     Args:
         name: registered backbone name, or a timm model name such as `vit_small_patch16_224.augreg_in21k`.
         weights: local checkpoint file; overrides any packaged or hub weights.
         seed: seeds the random initialisation of backbones that have no weights.
+        drop_path: stochastic depth rate of the blocks (active in train mode only).
     """
-    entry = BACKBONES.get(name) if name in BACKBONES else _timm_entry(name)
+    entry = backbone_entry(name)
     arch = entry.timm_name.split(".")[0]
-    create_kwargs = dict(num_classes=0, global_pool=entry.pooling, **entry.arch_kwargs)
+    create_kwargs = dict(num_classes=0, global_pool=entry.pooling, drop_path_rate=drop_path, **entry.arch_kwargs)
     if entry.pooling == "avg":
-        # Keep the checkpoint's final `norm` before pooling instead of a fresh, untrained `fc_norm` after it.
+        # Keep the checkpoint's final `norm` (applied after pooling, see `pool_features`) instead of a fresh,
+        # untrained `fc_norm`.
         create_kwargs["fc_norm"] = False
 
     sha = fmt = None
@@ -176,24 +195,23 @@ def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0) -
 
     model.requires_grad_(False)
     model.eval()
-    data_cfg = resolve_data_config({}, model=model)
     return Backbone(
         name=name,
         model=model,
         pooling=entry.pooling,
+        objective=entry.objective,
         input_size=int(model.patch_embed.img_size[0]),
-        mean=tuple(entry.mean or data_cfg["mean"]),
-        std=tuple(entry.std or data_cfg["std"]),
+        mean=entry.mean,
+        std=entry.std,
         weights_source=source,
         checkpoint_sha256=sha,
         checkpoint_format=fmt,
     )
 
 
-def check_backbone_name(name: str) -> None:
-    """Fail early, with the valid names, on a backbone that is neither registered nor a timm model."""
-    if name not in BACKBONES:
-        _timm_entry(name)
+def backbone_entry(name: str) -> BackboneEntry:
+    """The registered entry, or one made for any timm ViT name; raises a one-line error listing valid names."""
+    return BACKBONES.get(name) if name in BACKBONES else _timm_entry(name)
 
 
 def _timm_entry(name: str) -> BackboneEntry:
@@ -202,7 +220,13 @@ def _timm_entry(name: str) -> BackboneEntry:
             f"unknown backbone {name!r}; use a registered one ({', '.join(BACKBONES.names())}) "
             "or a timm ViT name (see timm.list_models('vit_*'))"
         )
-    return BackboneEntry(name, "token", hub_weights="." in name)
+    # timm's pretrained config of the named tag holds the normalisation its weights were trained with; asking for it
+    # reads timm's tables, not the hub, so `--weights` files of that tag are normalised like the hub's copy.
+    cfg = timm.models.get_pretrained_cfg(name)
+    mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    tag = name.partition(".")[2]
+    objective: Objective = "mae" if "mae" in tag else "supervised"
+    return BackboneEntry(name, mean, std, objective, "avg" if objective == "mae" else "token", hub_weights=bool(tag))
 
 
 def create_vit(arch: str, kwargs: dict[str, Any], seed: int) -> VisionTransformer:
@@ -310,12 +334,30 @@ def _short(keys: list[str]) -> str:
     return "[" + ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "") + "]" if keys else "[]"
 
 
-class ViTFeatures(nn.Module):
-    """timm's own forward up to the pre-logits features, with its pooling and final norm."""
+def embed(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """The token sequence entering block 0: timm's patch embedding, class/register tokens and position embedding."""
+    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
 
-    def __init__(self, vit: VisionTransformer) -> None:
+
+def pool_features(vit: VisionTransformer, tokens: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pre-logits features from the last block's output tokens (before the final norm), as the SPT reference pools
+    (`Models/MAE_vpt_deep.py`): `token` takes the class token through `norm`; `avg` averages every token after the
+    prefix (class and register tokens) — prompts included, as the SPT and VPT MAE models do — and then applies the
+    checkpoint's `norm` to that mean. (timm instead normalises every token before pooling.)"""
+    if pooling == "token":
+        pooled = vit.norm(tokens[:, 0])
+    else:
+        pooled = vit.norm(tokens[:, vit.num_prefix_tokens:].mean(dim=1))
+    return vit.head_drop(vit.fc_norm(pooled))
+
+
+class ViTFeatures(nn.Module):
+    """A timm ViT's own modules up to the pre-logits features, pooled as `pool_features` defines."""
+
+    def __init__(self, vit: VisionTransformer, pooling: Pooling) -> None:
         super().__init__()
         self.vit = vit
+        self.pooling = pooling
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_head(self.vit.forward_features(images), pre_logits=True)
+        return pool_features(self.vit, self.vit.blocks(embed(self.vit, images)), self.pooling)

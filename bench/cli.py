@@ -28,8 +28,9 @@ def _registries() -> dict[str, Any]:
     from bench.backbone import BACKBONES
     from bench.data import TASKS
     from bench.method import METHODS
+    from bench.recipes import RECIPES
 
-    return {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES}
+    return {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "recipes": RECIPES}
 
 
 def _seeds(text: str) -> list[int]:
@@ -66,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
     run.add_argument("--epochs", type=_positive, help="override every run's epochs")
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
+    run.add_argument("--recipe", default="default", metavar="NAME",
+                     help="named reference recipe (`bench list recipes`); `default`: each method's own (spt-paper "
+                          "for SPT, vpt-paper for VPT); `none`: the methods' config defaults")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE[,VALUE..]",
-                     help="hyper-parameter; a comma list sweeps it (repeatable)")
+                     help="hyper-parameter over the recipe; a comma list sweeps it (repeatable)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     run.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
     run.add_argument("--protocol", choices=["tune", "fixed"],
@@ -104,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--quick", action="store_true", help="fewer repeats, epochs and k-means layers (about half the time)")
 
     lst = sub.add_parser("list", help="show registered methods, tasks and backbones")
-    lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones"], help="one registry (default all)")
+    lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones", "recipes"],
+                     help="one registry (default all)")
     data = sub.add_parser("data", help="inspect datasets on disk")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     check = data_sub.add_parser("check", help="find each task's files, check splits, labels and images")
@@ -171,12 +176,12 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 
     import torch
 
-    from bench.backbone import check_backbone_name
+    from bench.backbone import backbone_entry
     from bench.engine import provenance
     from bench.perf import NOISE_MARGIN, run_perf
 
     _registries()
-    check_backbone_name(args.backbone)
+    backbone_entry(args.backbone)
     figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"))
     table = Table(title=f"bench perf · {args.backbone} · a miss within {NOISE_MARGIN:.0%} of its target passes as noise",
                   title_justify="left")
@@ -243,12 +248,32 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
         for alias, targets in registry.aliases().items():
             table.add_row(alias, f"alias: {', '.join(targets)}", style="dim")
         console.print(table)
+        if kind == "recipes":
+            _print_recipes(registry, console)
     return 0
+
+
+def _print_recipes(registry: Any, console: Console) -> None:
+    """Every value a recipe sets, per backbone objective, and the reference file each comes from."""
+    for entry in registry.entries():
+        recipe = entry.obj
+        table = Table(title=f"{entry.name}: applies to {', '.join(recipe.methods)}; default for "
+                            f"{', '.join(recipe.default_for) or 'none'}; warm-up {recipe.warmup_fraction} of epochs",
+                      title_justify="left")
+        for column in ("objective", "values", "tune grid"):
+            table.add_column(column)
+        for objective, values in recipe.values.items():
+            grid = recipe.search.get(objective, recipe.search.get("*", {}))
+            table.add_row(objective, ", ".join(f"{k}={v}" for k, v in values.items()),
+                          ", ".join(f"{k} in {v}" for k, v in grid.items()))
+        console.print(table)
+        for what, source in recipe.sources.items():
+            console.print(f"  {what}: {source}", highlight=False, style="dim")
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     registries = _registries()
-    from bench.backbone import check_backbone_name
+    from bench.backbone import backbone_entry
     from bench.progress import GridDisplay
     from bench.scheduler import Execution, Grid, execute, final_specs, parse_sets, select_best
     from bench.store import Store, summarise
@@ -262,7 +287,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     task_names = registries["tasks"].resolve(args.tasks)
     backbones = [name.strip() for name in args.backbone.split(",") if name.strip()]
     for name in backbones:
-        check_backbone_name(name)
+        backbone_entry(name)
     sweeps = parse_sets(args.sets)
     if args.epochs is not None:
         sweeps["epochs"] = [str(args.epochs)]
@@ -274,7 +299,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         task.load(args.data_root)
         tasks_by_protocol.setdefault(args.protocol or task.protocol, []).append(name)
     grids = {
-        protocol: Grid(method_names, names, backbones, args.seeds, sweeps, weights)
+        protocol: Grid(method_names, names, backbones, args.seeds, sweeps, weights, args.recipe)
         for protocol, names in tasks_by_protocol.items()
     }
     store = Store(args.results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,25 +27,42 @@ class TrainConfig:
         epochs: training epochs; 0 means the task's default.
         batch_size: images per step.
         optimizer: `adamw` or `sgd` (momentum 0.9).
-        lr: peak learning rate, reached after the warm-up, then cosine-decayed to 0.
-        weight_decay: applied to weights only, never to biases or norm parameters.
+        lr: peak learning rate, reached after a linear warm-up from 0, then cosine-decayed to `min_lr` (the SPT
+            reference's schedule, `utils.adjust_learning_rate`, stepped per batch).
+        min_lr: the learning rate the cosine ends at.
+        weight_decay: applied to the method's weights (2-D and larger: prompts, projections), never to biases or
+            norm parameters.
+        head_weight_decay: weight decay of the classifier head's weight; None means `weight_decay` (the SPT
+            reference decays the head separately, `--wd_head`).
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        lr_step: `batch` updates the learning rate every step (the SPT reference), `epoch` once per epoch (VPT's
+            trainer calls its scheduler once per epoch, so the first epoch of its warm-up trains at lr 0).
+        drop_path: stochastic depth rate of the backbone's blocks during training.
     """
 
     epochs: int = 0
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 1e-3
+    min_lr: float = 0.0
     weight_decay: float = 1e-4
+    head_weight_decay: float | None = None
     warmup_epochs: float = 1.0
+    lr_step: str = "batch"
+    drop_path: float = 0.0
 
     def validate(self) -> None:
         _check(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0 (0 = the task's default)")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check(self.optimizer in ("adamw", "sgd"), "optimizer", self.optimizer, "adamw or sgd")
         _check(self.lr > 0, "lr", self.lr, "a positive float")
+        _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"a float in [0, lr={self.lr}]")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
+        _check(self.head_weight_decay is None or self.head_weight_decay >= 0, "head_weight_decay",
+               self.head_weight_decay, "a float >= 0, or none to use weight_decay")
         _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "a float >= 0")
+        _check(self.lr_step in ("batch", "epoch"), "lr_step", self.lr_step, "batch or epoch")
+        _check(0 <= self.drop_path < 1, "drop_path", self.drop_path, "a float in [0, 1)")
 
     @classmethod
     def from_overrides(cls: type[C], overrides: dict[str, Any]) -> C:
@@ -69,9 +87,14 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise BenchError(f"bad value {key}={value!r}; expected {expected}")
 
 
-def _parse(key: str, value: Any, kind: type) -> Any:
+def _parse(key: str, value: Any, kind: Any) -> Any:
     if not isinstance(value, str):
         return value
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+    if optional:
+        if value.lower() == "none":
+            return None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     try:
         if kind is bool:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -93,6 +116,7 @@ class RunSpec:
     hparams: dict[str, Any]
     weights: str | None = None
     stage: str = "fixed"  # fixed | tune (train -> val) | final (train+val -> test)
+    recipe: str | None = None  # the named recipe `hparams` were resolved from (bench.recipes), if any
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,8 +26,9 @@ class Split(Protocol):
         """Yield (uint8 images N×3×H×W, int64 labels); shuffled when a generator is given."""
         ...
 
-    def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """`count` images drawn without replacement (all of them when the split is smaller)."""
+    def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """The uint8 images at `index` (repeats allowed), in that order, untransformed by training augmentation,
+        in batches of `batch_size`."""
         ...
 
     def merged_with(self, other: "Split") -> "Split":
@@ -67,8 +68,9 @@ class TensorSplit:
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         return tensor_batches(self.images, self.labels, batch_size, generator)
 
-    def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return self.images[torch.randperm(len(self), generator=generator)[:count]]
+    def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(index), batch_size):
+            yield self.images[index[start:start + batch_size]]
 
     def merged_with(self, other: Split) -> TensorSplit:
         return TensorSplit(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))

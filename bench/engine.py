@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from bench import BenchError
+from bench import BenchError, recipes
 from bench.backbone import Backbone, load_backbone
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
@@ -38,15 +38,6 @@ FEATURES = TensorCache()
 
 class NonFiniteLoss(RuntimeError):
     """Training diverged: the loss became NaN or infinite."""
-
-
-def resolve_hparams(method: str, task: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The method's full, validated config for `task` as a plain dict; epochs=0 becomes the task's default."""
-    config = METHODS.get(method).config_cls.from_overrides(overrides)
-    hparams = config.to_dict()
-    if hparams["epochs"] == 0:
-        hparams["epochs"] = TASKS.get(task).epochs
-    return hparams
 
 
 @dataclass
@@ -82,7 +73,7 @@ def run(
 
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
-    backbone = load_backbone(spec.backbone, spec.weights)
+    backbone = load_backbone(spec.backbone, spec.weights, drop_path=config.drop_path)
     backbone.model.to(dev)
     preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std).to(dev)
     if _is_cuda(dev):
@@ -127,7 +118,9 @@ def run(
     optimizer = _optimizer(learnable, config)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     epochs = config.epochs or task.epochs
-    scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    unit = steps_per_epoch if config.lr_step == "epoch" else 1
+    scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch / unit),
+                              epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit)
 
     for epoch in range(epochs):
         model.train()
@@ -160,6 +153,7 @@ def run(
         "id": spec.run_id,
         "spec": spec.to_dict(),
         "status": "done",
+        "recipe": recipes.describe(spec.recipe) if spec.recipe else None,
         "task": {"name": task.name, "group": task.group, "num_classes": task.num_classes, **data.info},
         "backbone": backbone.describe(),
         "method_info": adapted.info,
@@ -262,25 +256,42 @@ def _param_counts(adapted: Adapted, learnable: list[tuple[str, nn.Parameter]], b
     }
 
 
+def parameter_groups(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -> list[dict[str, Any]]:
+    """Weight-decay groups as the SPT reference forms them (`utils.param_groups_weight_decay`): 1-D tensors (biases,
+    norm parameters) undecayed, the head's weight with `head_weight_decay`, every other tensor with `weight_decay`.
+    With `head_weight_decay` None this is VPT's rule too: everything decayed alike but the head's bias."""
+    head_decay = config.weight_decay if config.head_weight_decay is None else config.head_weight_decay
+    groups = [
+        {"params": [p for _, p in learnable if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for n, p in learnable if p.ndim > 1 and not n.startswith("head.")],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in learnable if p.ndim > 1 and n.startswith("head.")], "weight_decay": head_decay},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def _optimizer(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -> torch.optim.Optimizer:
     if not learnable:
         raise BenchError("the method left nothing learnable; check its configuration")
-    # Biases and norm parameters are 1-D; decaying them towards 0 only hurts.
-    decay = [p for _, p in learnable if p.ndim > 1]
-    no_decay = [p for _, p in learnable if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    groups = parameter_groups(learnable, config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0, steps_per_unit: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning-rate factor as the SPT reference's `adjust_learning_rate` (and VPT's `WarmupCosineSchedule`): linear
+    from 0 over `warmup` units, then a half cosine from 1 down to `floor` (min_lr / lr) at unit `total`. A unit is
+    `steps_per_unit` optimiser steps: 1 for a per-step schedule, an epoch's steps for a per-epoch one."""
+
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        unit = step // steps_per_unit
+        if unit < warmup:
+            return unit / warmup
+        progress = (unit - warmup) / max(1, total - warmup)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

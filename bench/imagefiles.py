@@ -123,11 +123,14 @@ class FileSplit:
         seeds = torch.randint(0, 2**62, (len(self),), generator=generator).tolist()
         return self._load(list(zip(order, seeds)), batch_size)
 
-    def sample_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randperm(len(self), generator=generator)[:count]
+    def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         if self.cache:
-            return self._all()[0][index]
-        return torch.cat([images for images, _ in self._load([(int(i), None) for i in index], 64)])
+            images = self._all()[0]
+            for start in range(0, len(index), batch_size):
+                yield images[index[start:start + batch_size]]
+            return
+        for images, _ in self._load([(int(i), None) for i in index], batch_size):
+            yield images
 
     def merged_with(self, other: Split) -> FileSplit:
         if not isinstance(other, FileSplit) or other.transforms is not self.transforms:

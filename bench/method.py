@@ -100,4 +100,9 @@ def register_method(
 
 
 def linear_head(backbone: Backbone, num_classes: int) -> nn.Linear:
-    return nn.Linear(backbone.num_features, num_classes)
+    """A fresh classifier, initialised as the SPT reference initialises its head (`train_MAE.py` create_model:
+    truncated normal with std 0.02, zero bias); drawn from torch's global RNG, which the engine seeds per run."""
+    head = nn.Linear(backbone.num_features, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head

@@ -3,7 +3,10 @@
 The SPT paper motivates initialising prompts from the data by the NMI between prompts and patch tokens, but its code
 does not publish the estimator. `bench` defines it as follows, for one block and a fixed probe batch of B images:
 
-1. Take the tokens entering the block: per image, N prompt tokens and M patch tokens (no class/register tokens).
+1. Take the tokens entering the block as the block sees them, after its first LayerNorm (`norm1`): per image, N
+   prompt tokens and M patch tokens (no class/register tokens). A block reads tokens only through that norm, so
+   rescaling the prompts by any c > 0 leaves the score unchanged (up to LayerNorm's eps), while raw Euclidean
+   distances would make the score a statement about the prompts' scale.
 2. Shared codebook: K centroids found by k-means on the B·M patch tokens at the first measurement (at init), then
    kept for every later epoch, so a curve measures the prompts against one fixed ruler (and k-means runs once per
    run, not once per epoch). Every token, prompt or patch, is discretised to the index of its nearest centroid.

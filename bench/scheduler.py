@@ -13,6 +13,7 @@ never execute the same run at once; a run whose record says done is never execut
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import traceback
@@ -23,9 +24,9 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 from joblib import Parallel, delayed, parallel_config
 
-from bench import BenchError
+from bench import BenchError, recipes
 from bench.config import RunSpec
-from bench.engine import FEATURES, resolve_hparams, run
+from bench.engine import FEATURES, run
 from bench.kmeans import CENTROIDS
 from bench.method import METHODS
 from bench.store import Store
@@ -54,12 +55,14 @@ class Grid:
     seeds: list[int]
     sweeps: dict[str, list[str]] = field(default_factory=dict)
     weights: str | None = None
+    recipe: str = recipes.DEFAULT
 
     def __post_init__(self) -> None:
         fields = set().union(*(self._fields(m) for m in self.methods))
         for key in self.sweeps:
             if key not in fields:
                 raise BenchError(f"no selected method has hyper-parameter {key!r}; valid: {', '.join(sorted(fields))}")
+        recipes.check_recipe(self.recipe, self.methods)
 
     @staticmethod
     def _fields(method: str) -> set[str]:
@@ -80,11 +83,12 @@ class Grid:
 
     def _specs(self, stage: str, seeds: list[int], use_search: bool) -> list[RunSpec]:
         specs: list[RunSpec] = []
-        for method in self.methods:
-            search = METHODS.get(method).search if use_search else {}
-            for point, task, backbone in itertools.product(list(self._points(method, search)), self.tasks, self.backbones):
-                hparams = resolve_hparams(method, task, point)
-                specs.extend(RunSpec(method, task, backbone, s, hparams, self.weights, stage) for s in seeds)
+        for method, backbone in itertools.product(self.methods, self.backbones):
+            recipe = recipes.recipe_for(method, self.recipe)
+            search = recipes.search_grid(method, backbone, recipe) if use_search else {}
+            for point, task in itertools.product(list(self._points(method, search)), self.tasks):
+                specs.extend(recipes.make_spec(method, task, backbone, s, point, self.recipe, self.weights, stage)
+                             for s in seeds)
         return list({spec.run_id: spec for spec in specs}.values())
 
 
@@ -108,11 +112,7 @@ def select_best(tuning: list[RunSpec], store: Store) -> tuple[dict[tuple, RunSpe
 
 
 def final_specs(best: dict[tuple, RunSpec], seeds: list[int]) -> list[RunSpec]:
-    return [
-        RunSpec(s.method, s.task, s.backbone, seed, s.hparams, s.weights, "final")
-        for s in best.values()
-        for seed in seeds
-    ]
+    return [dataclasses.replace(s, seed=seed, stage="final") for s in best.values() for seed in seeds]
 
 
 @dataclass(frozen=True)

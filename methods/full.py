@@ -21,4 +21,5 @@ SEARCH = {"lr": [3e-4, 1e-4, 3e-5], "weight_decay": [0.05, 0.01]}
 @register_method("full", FullConfig, "Full fine-tuning: every backbone parameter and the head learn", SEARCH)
 def build_full(config: FullConfig, ctx: BuildContext) -> Adapted:
     ctx.backbone.model.requires_grad_(True)
-    return Adapted(ViTFeatures(ctx.backbone.model), linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False)
+    trunk = ViTFeatures(ctx.backbone.model, ctx.backbone.pooling)
+    return Adapted(trunk, linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False)

@@ -26,4 +26,5 @@ SEARCH = {"lr": [0.1, 0.03, 0.01, 0.003, 0.001], "weight_decay": [0.0, 1e-4]}
 
 @register_method("linear", LinearConfig, "Linear probe: frozen backbone, only the classifier head learns", SEARCH)
 def build_linear(config: LinearConfig, ctx: BuildContext) -> Adapted:
-    return Adapted(ViTFeatures(ctx.backbone.model), linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=True)
+    trunk = ViTFeatures(ctx.backbone.model, ctx.backbone.pooling)
+    return Adapted(trunk, linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=True)

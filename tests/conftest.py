@@ -94,8 +94,8 @@ def tiny_registered(monkeypatch):
         TINY_BACKBONE,
         Entry(
             TINY_BACKBONE,
-            BackboneEntry("vit_tiny_patch16_224", "token", dict(TINY_ARCH), hub_weights=False,
-                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+            BackboneEntry("vit_tiny_patch16_224", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "none", "token", dict(TINY_ARCH),
+                          hub_weights=False),
             "tiny ViT for tests",
         ),
     )

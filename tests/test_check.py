@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.config import RunSpec
-from bench.engine import resolve_hparams
+from bench.recipes import make_spec
 
 
 def _baseline(path: Path, test_acc: float) -> None:
-    spec = RunSpec("linear", "digits", "micro-vit", 0, resolve_hparams("linear", "digits", {"epochs": "1"}))
+    spec = make_spec("linear", "digits", "micro-vit", 0, {"epochs": "1"})
     runs = [{"label": spec.label, "spec": spec.to_dict(), "test_acc": test_acc}]
     path.write_text(json.dumps({"note": "test", "runs": runs}))
 

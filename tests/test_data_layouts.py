@@ -80,7 +80,9 @@ def test_vtab_noah_layout_under_a_renamed_folder(tmp_path: Path) -> None:
     assert data.info["transforms"]["train"] == data.info["transforms"]["eval"]  # VTAB does not augment
     images, _ = next(data.train.batches(5, torch.Generator().manual_seed(0)))
     assert images.shape == (5, 3, 224, 224)
-    assert data.train.sample_images(4, torch.Generator().manual_seed(0)).shape == (4, 3, 224, 224)
+    drawn = list(data.train.image_batches(torch.tensor([3, 0, 3, 1]), 3))
+    assert [tuple(b.shape) for b in drawn] == [(3, 3, 224, 224), (1, 3, 224, 224)]
+    assert torch.equal(drawn[0][0], drawn[0][2]), "an index drawn twice gives the same image twice"
 
 
 def test_vtab_spt_layout_derives_val_from_train800val200(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from bench.backbone import DEFAULT_BACKBONE
 from bench.cli import main
 from bench.config import RunSpec
 from bench.data import TASKS, Task, TaskData, TensorSplit
-from bench.engine import resolve_hparams
+from bench.recipes import RECIPES, make_spec
 from bench.method import METHODS
 from bench.progress import GridDisplay
 from bench.registry import Entry
@@ -128,9 +128,12 @@ def test_tuning_specs_search_the_methods_declared_grid_with_the_first_seed_and_a
     assert {s.hparams["lr"] for s in swept} == {0.5, 0.05}
     assert {s.hparams["weight_decay"] for s in swept} == set(search["weight_decay"])
     assert {s.hparams["epochs"] for s in swept} == {1}
-    # The prompt methods declare their own grid (learning rate × weight decay, like VPT's).
+    # The prompt methods search their recipe's grid (VPT's learning rate × weight decay), or their own without one.
     vpt = Grid(["vpt-deep"], ["digits"], ["micro-vit"], [0]).tuning_specs()
-    assert len(vpt) == math.prod(len(v) for v in METHODS.get("vpt-deep").search.values()) > 1
+    assert len(vpt) == math.prod(len(v) for v in RECIPES.get("vpt-paper").search["*"].values()) > 1
+    assert {s.recipe for s in vpt} == {"vpt-paper"}
+    plain = Grid(["vpt-deep"], ["digits"], ["micro-vit"], [0], recipe="none").tuning_specs()
+    assert len(plain) == math.prod(len(v) for v in METHODS.get("vpt-deep").search.values()) > 1
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -191,9 +194,9 @@ class GuardedSplit:
         self._read("batches")
         return self.inner.batches(batch_size, generator)
 
-    def sample_images(self, count, generator):
-        self._read("sample_images")
-        return self.inner.sample_images(count, generator)
+    def image_batches(self, index, batch_size):
+        self._read("image_batches")
+        return self.inner.image_batches(index, batch_size)
 
     def merged_with(self, other):
         self._read("merged_with")
@@ -322,7 +325,7 @@ def test_progress_prints_plain_start_done_lines_and_the_summary_when_stdout_is_n
     assert re.search(r"^runs: 3 run\(s\), \d already finished$", output, re.M)
     for task in resumed:
         assert re.search(rf"^start linear · {task} · {DEFAULT_BACKBONE} · seed 0$", output, re.M), output
-        assert re.search(rf"^  epoch 1/1 loss \d+\.\d+ val \d+\.\d%$", output, re.M), output
+        assert re.search(r"^  epoch 1/1 loss \d+\.\d+ val \d+\.\d%$", output, re.M), output
         assert re.search(rf"^done   linear · {task} · {DEFAULT_BACKBONE} · seed 0: val \d+\.\d\d%, test \d+\.\d\d%$", output,
                          re.M), output
     assert "test accuracy (%): mean ± sample std over seeds" in output
@@ -521,7 +524,7 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
 
 def _record(method: str, task: str, seed: int, stage: str, test: float | None, val: float | None = None,
             status: str = "done", **hp) -> dict:
-    spec = RunSpec(method, task, "micro-vit", seed, resolve_hparams(method, task, hp), None, stage)
+    spec = make_spec(method, task, "micro-vit", seed, hp, stage=stage)
     record = {"id": spec.run_id, "spec": spec.to_dict(), "status": status}
     if status == "done":
         record["metrics"] = {"test_acc": test, "val_acc": val}

@@ -8,8 +8,8 @@ from sklearn.metrics import normalized_mutual_info_score
 
 import methods  # noqa: F401  (registers the methods)
 import tasks  # noqa: F401  (registers the tasks)
-from bench.config import RunSpec
-from bench.engine import resolve_hparams, run
+from bench.engine import run
+from bench.recipes import make_spec
 from bench.nmi import PromptPatchNMI, fit_codebook, nmi, prompt_patch_nmi
 
 
@@ -77,7 +77,7 @@ def test_estimator_fits_codebooks_once_and_keeps_them() -> None:
 
 
 def test_spt_deep_run_records_per_layer_nmi_at_init_and_after_every_epoch() -> None:
-    spec = RunSpec("spt-deep", "digits", "micro-vit", 0, resolve_hparams("spt-deep", "digits", {"epochs": 1}))
+    spec = make_spec("spt-deep", "digits", "micro-vit", 0, {"epochs": 1})
     record = run(spec)
     curve = record["curves"]["nmi"]
     assert len(curve) == 2  # init + one epoch
@@ -89,6 +89,29 @@ def test_spt_deep_run_records_per_layer_nmi_at_init_and_after_every_epoch() -> N
 
 
 def test_methods_without_prompts_record_no_nmi() -> None:
-    spec = RunSpec("linear", "digits", "micro-vit", 0, resolve_hparams("linear", "digits", {"epochs": 1}))
+    spec = make_spec("linear", "digits", "micro-vit", 0, {"epochs": 1})
     record = run(spec)
     assert "nmi" not in record["curves"] and record["wallclock"]["probe"] == 0
+
+
+@pytest.mark.parametrize("scale", [0.25, 4.0, 50.0])
+def test_prompt_patch_nmi_does_not_change_when_prompts_are_rescaled(micro_vit, scale: float) -> None:
+    """NMI compares tokens as each block sees them (after its first LayerNorm), so prompts c·p give the NMI of p.
+    Raw Euclidean codes would not: rescaled prompts fall into other cells of the patch tokens' codebook. (LayerNorm's
+    eps keeps this from being exact for prompts rescaled towards 0; the scales here stay clear of it.)"""
+    from bench.data import TASKS, Preprocess
+    from methods.prompt import PromptedViT
+
+    images = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(
+        TASKS.get("digits").load().train.images[:8])
+    with torch.no_grad():
+        tokens = micro_vit.model.patch_embed(images).flatten(0, 1)
+    # Data-like prompts (patch embeddings), so that the NMI is far from 0 and a change would show.
+    prompts = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0))[:8]]
+    prompts = prompts.expand(len(micro_vit.model.blocks), -1, -1).contiguous()
+    with torch.no_grad():
+        base = PromptPatchNMI()(PromptedViT(micro_vit.model, prompts, "token").eval().prompts_and_patches(images))
+        scaled_trunk = PromptedViT(micro_vit.model, scale * prompts, "token").eval()
+        scaled = PromptPatchNMI()(scaled_trunk.prompts_and_patches(images))
+    assert base[0] > 0.2
+    assert scaled == pytest.approx(base, abs=1e-6)

@@ -11,15 +11,15 @@ import torch
 
 from bench import engine
 from bench.cache import TensorCache
-from bench.config import RunSpec
 from bench.kmeans import CENTROIDS, inertia, kmeans
 from bench.method import METHODS
 from bench.perf import naive_frozen_probe, vit_b_like_tokens
+from bench.recipes import make_spec
 
 
 def test_cached_feature_linear_probe_equals_the_naive_loop(tiny_registered):
     backbone, task = tiny_registered
-    spec = RunSpec("linear", task, backbone, 3, engine.resolve_hparams("linear", task, {"epochs": 3}))
+    spec = make_spec("linear", task, backbone, 3, {"epochs": 3})
     cached = engine.run(spec)
     naive = naive_frozen_probe(spec)
     torch.testing.assert_close(torch.tensor(cached["curves"]["train_loss"]),
@@ -32,8 +32,7 @@ def test_a_linear_sweep_shares_one_feature_pass_and_each_run_equals_one_that_ext
     tiny_registered, tmp_path
 ):
     backbone, task = tiny_registered
-    sweep = [RunSpec("linear", task, backbone, 0, engine.resolve_hparams("linear", task, {"epochs": 2, "lr": lr}),
-                     stage="tune") for lr in (0.1, 0.01)]
+    sweep = [make_spec("linear", task, backbone, 0, {"epochs": 2, "lr": lr}, stage="tune") for lr in (0.1, 0.01)]
     engine.FEATURES.directory = tmp_path
     shared = [engine.run(spec) for spec in sweep]
     assert (engine.FEATURES.misses, engine.FEATURES.hits) == (2, 2), "train and val features once, for both runs"

@@ -9,27 +9,81 @@ from torch.testing import assert_close
 
 from bench.data import Preprocess, TensorSplit
 from bench.method import METHODS, BuildContext
+from bench.backbone import ViTFeatures
 from methods.prompt import PromptedViT
 
 POOLINGS = {
-    # name: (PromptedViT pooling, timm create kwargs)
+    # name: (PromptedViT pooling, timm create kwargs), as bench.backbone builds each
     "token": ("token", dict(global_pool="token")),
     "avg": ("avg", dict(global_pool="avg", fc_norm=False)),
-    "avg-fc_norm": ("avg", dict(global_pool="avg")),  # timm's default for avg: no final norm, an fc_norm after pooling
 }
+
+
+def _reference_forward(vit, prompts: torch.Tensor, images: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The SPT reference's prompted forward (`Models/MAE_vpt_deep.py`, `Models/MAE_vpt.py`), written here from its
+    description: [cls + pos, patches + pos]; prompts (no position) inserted after the class token; deep: before every
+    later block the previous prompt outputs are replaced by that block's prompts; `avg`: mean of every token after the
+    class token (prompts included), then `norm`; `token`: `norm`, then the class token."""
+    b, n = images.shape[0], prompts.shape[1]
+    x = torch.cat([vit.cls_token.expand(b, -1, -1), vit.patch_embed(images)], dim=1) + vit.pos_embed
+    x = torch.cat([x[:, :1], prompts[0].expand(b, -1, -1), x[:, 1:]], dim=1)
+    for i, block in enumerate(vit.blocks):
+        if i > 0 and prompts.shape[0] > 1:
+            x = torch.cat([x[:, :1], prompts[i].expand(b, -1, -1), x[:, 1 + n:]], dim=1)
+        x = block(x)
+    return vit.norm(x[:, 1:].mean(dim=1)) if pooling == "avg" else vit.norm(x)[:, 0]
+
+
+def _prompts_of_norm(layers: int, n: int, dim: int, norm: float, seed: int) -> torch.Tensor:
+    prompts = torch.randn(layers, n, dim, generator=torch.Generator().manual_seed(seed))
+    return prompts * (norm / prompts.norm(dim=-1, keepdim=True))
 
 
 @pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
 @pytest.mark.parametrize("pooling", list(POOLINGS))
-def test_zero_prompts_reduce_to_timm_forward(tiny_vit, images, pooling, deep):
+def test_prompted_features_equal_the_reference_forward(tiny_vit, images, pooling, deep):
     mode, kwargs = POOLINGS[pooling]
-    vit = tiny_vit(num_classes=5, **kwargs)
+    vit = tiny_vit(depth=3, **kwargs)
+    prompts = _prompts_of_norm(3 if deep else 1, 4, vit.embed_dim, 3.0, seed=5)
+    trunk = PromptedViT(vit, prompts, mode).eval()
+    with torch.no_grad():
+        assert_close(trunk(images), _reference_forward(vit, prompts, images, mode), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+def test_unprompted_features_equal_the_reference_forward(tiny_vit, images, pooling):
+    """The linear probe's and full fine-tuning's trunk pools exactly as the prompted one (no prompts)."""
+    mode, kwargs = POOLINGS[pooling]
+    vit = tiny_vit(**kwargs)
+    with torch.no_grad():
+        expected = _reference_forward(vit, torch.zeros(1, 0, vit.embed_dim), images, mode)
+        assert_close(ViTFeatures(vit, mode)(images), expected, atol=1e-5, rtol=1e-5)
+        assert_close(PromptedViT(vit, torch.zeros(1, 0, vit.embed_dim), mode).eval()(images), expected)
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
+def test_zero_prompts_with_class_token_pooling_reduce_to_timm_forward(tiny_vit, images, deep):
+    vit = tiny_vit(num_classes=5, global_pool="token")
     layers = len(vit.blocks) if deep else 1
-    trunk = PromptedViT(vit, torch.zeros(layers, 0, vit.embed_dim), mode).eval()
+    trunk = PromptedViT(vit, torch.zeros(layers, 0, vit.embed_dim), "token").eval()
     with torch.no_grad():
         features = trunk(images)
         assert_close(features, vit.forward_head(vit.forward_features(images), pre_logits=True))
         assert_close(vit.head(features), vit(images))
+
+
+def test_mean_pooling_includes_the_prompts(tiny_vit, images):
+    """`avg` features are `norm` of the mean over every token after the class token, the prompts' outputs included;
+    leaving them out of the mean gives other features."""
+    vit = tiny_vit(global_pool="avg", fc_norm=False)
+    prompts = _prompts_of_norm(1, 3, vit.embed_dim, 3.0, seed=1)
+    trunk = PromptedViT(vit, prompts, "avg").eval()
+    with torch.no_grad():
+        *_, last = trunk.forward_tokens(images)
+        with_prompts = vit.norm(last[:, 1:].mean(dim=1))
+        without = vit.norm(last[:, 1 + 3:].mean(dim=1))
+        assert_close(trunk(images), with_prompts)
+        assert not torch.allclose(trunk(images), without)
 
 
 def _register_twin(factory, base, prompts: torch.Tensor, **kwargs):
@@ -45,19 +99,16 @@ def _register_twin(factory, base, prompts: torch.Tensor, **kwargs):
     return twin.eval()
 
 
-@pytest.mark.parametrize("pooling", ["token", "avg", "avg-fc_norm"])
-def test_vpt_shallow_equals_timm_register_tokens(tiny_vit, images, pooling):
-    mode, kwargs = POOLINGS[pooling]
-    base = tiny_vit(**kwargs)
+def test_vpt_shallow_equals_timm_register_tokens(tiny_vit, images):
+    base = tiny_vit(global_pool="token")
     prompts = torch.randn(1, 3, base.embed_dim, generator=torch.Generator().manual_seed(3))
-    twin = _register_twin(tiny_vit, base, prompts, **kwargs)
-    trunk = PromptedViT(base, prompts, mode).eval()
+    twin = _register_twin(tiny_vit, base, prompts, global_pool="token")
+    trunk = PromptedViT(base, prompts, "token").eval()
     with torch.no_grad():
-        *_, final_tokens = trunk.forward_tokens(images)
+        *_, last_tokens = trunk.forward_tokens(images)
         twin_tokens = twin.forward_features(images)
-        assert final_tokens.shape == twin_tokens.shape
-        assert_close(final_tokens, twin_tokens)
-        # timm's avg pooling skips its register tokens, exactly as PromptedViT skips its prompts.
+        assert last_tokens.shape == twin_tokens.shape
+        assert_close(base.norm(last_tokens), twin_tokens)
         assert_close(trunk(images), twin.forward_head(twin_tokens, pre_logits=True))
 
 
@@ -93,31 +144,12 @@ def test_vpt_shallow_builder_prompts_act_as_register_tokens(micro_vit):
         assert_close(adapted.trunk(x), twin.forward_head(twin.forward_features(x), pre_logits=True))
 
 
-def _deep_reference(vit, prompts: torch.Tensor, images: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Hand-built deep VPT: before every block i, [cls, prompt set i, patch tokens]; prompt outputs are dropped."""
-    b = images.shape[0]
-    patches = vit.patch_embed(images)
-    cls = vit.cls_token.expand(b, -1, -1) + vit.pos_embed[:, :1]
-    patches = patches + vit.pos_embed[:, 1:]
-    num_patches = patches.shape[1]
-    for i, block in enumerate(vit.blocks):
-        seq = torch.cat([cls, prompts[i].expand(b, -1, -1), patches], dim=1)
-        seq = block(seq)
-        cls, patches = seq[:, :1], seq[:, seq.shape[1] - num_patches:]
-    seq = vit.norm(seq)
-    pooled = seq[:, 0] if pooling == "token" else seq[:, 1 + prompts.shape[1]:].mean(dim=1)
-    return vit.fc_norm(pooled)
-
-
-@pytest.mark.parametrize("pooling", ["token", "avg", "avg-fc_norm"])
-def test_deep_prompts_replace_previous_prompt_outputs(tiny_vit, images, pooling):
-    mode, kwargs = POOLINGS[pooling]
-    vit = tiny_vit(depth=3, **kwargs)
+def test_deep_prompts_replace_previous_prompt_outputs(tiny_vit, images):
+    vit = tiny_vit(depth=3)
     n = 2
     prompts = torch.randn(3, n, vit.embed_dim, generator=torch.Generator().manual_seed(5))
-    trunk = PromptedViT(vit, prompts, mode).eval()
+    trunk = PromptedViT(vit, prompts, "token").eval()
     with torch.no_grad():
-        assert_close(trunk(images), _deep_reference(vit, prompts, images, mode))
         entering = list(trunk.forward_tokens(images))[:-1]
     num_patches = vit.patch_embed.num_patches
     assert len(entering) == 3

@@ -11,7 +11,9 @@ import torch
 
 from bench.data import Preprocess, TensorSplit
 from bench.kmeans import kmeans
+from bench import BenchError
 from bench.method import METHODS, BuildContext
+from methods.prompt import run_pool
 
 
 def _context(backbone, split, seed):
@@ -28,9 +30,10 @@ def _noise_split(count: int, seed: int = 11) -> TensorSplit:
 
 
 def _drawn_images(split: TensorSplit, count: int, seed: int) -> torch.Tensor:
-    """The images the builder draws: its first use of the seeded generator is one permutation of the split."""
+    """The images the builder draws: its first use of the seeded generator draws `count` indices with replacement,
+    as the reference's `torch.randint(len(train_data), size=(sample_size,))`."""
     gen = torch.Generator().manual_seed(seed)
-    return split.images[torch.randperm(len(split), generator=gen)[:count]]
+    return split.images[torch.randint(len(split), (count,), generator=gen)]
 
 
 @torch.no_grad()
@@ -56,15 +59,21 @@ def _members(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return (queries[:, None, :] == rows[None, :, :]).all(dim=2).any(dim=1)
 
 
-def test_spt_sampled_prompts_are_exact_patch_tokens_of_their_block(micro_vit):
-    split, seed, drawn, n = _noise_split(6), 3, 4, 5
-    adapted = _build(micro_vit, split, seed, init="sampled", num_prompts=n, init_images=drawn)
+def _split_tokens(backbone, split: TensorSplit) -> list[torch.Tensor]:
+    x = Preprocess(backbone.input_size, backbone.mean, backbone.std)(split.images)
+    return [t.flatten(0, 1) for t in _timm_patch_tokens(backbone.model, x)]
+
+
+def test_spt_sampled_prompts_are_patch_tokens_of_their_block_over_the_train_split(micro_vit):
+    split, seed, n = _noise_split(6), 3, 5
+    adapted = _build(micro_vit, split, seed, init="sampled", num_prompts=n)
     prompts = adapted.trunk.prompts.detach()
     depth = len(micro_vit.model.blocks)
     assert prompts.shape == (depth, n, micro_vit.num_features)
+    assert adapted.info["init_images"] == len(split), "the reference draws len(train) images"
 
-    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, drawn, seed))
-    oracle = [t.flatten(0, 1) for t in _timm_patch_tokens(micro_vit.model, x)]
+    oracle = _split_tokens(micro_vit, split)
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(split.images)
     with torch.no_grad():
         with_position = micro_vit.model._pos_embed(micro_vit.model.patch_embed(x))[:, 1:].flatten(0, 1)
     for i in range(depth):
@@ -79,8 +88,8 @@ def test_spt_sampled_prompts_are_exact_patch_tokens_of_their_block(micro_vit):
     assert not _members(prompts[0], with_position).any()
 
 
-def test_spt_sampled_draws_only_from_sampled_images(micro_vit):
-    """With init_images smaller than the split, prompts come from the drawn images only."""
+def test_spt_draws_images_with_replacement_and_uses_only_those(micro_vit):
+    """With init_images set, the images are drawn with replacement and prompts come from the drawn images only."""
     split, seed = _noise_split(8), 4
     adapted = _build(micro_vit, split, seed, init="sampled", num_prompts=20, init_images=2)
     x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, 2, seed))
@@ -88,33 +97,57 @@ def test_spt_sampled_draws_only_from_sampled_images(micro_vit):
     assert _members(adapted.trunk.prompts.detach()[0], block0).all()
 
 
-def _all_windows(tokens: torch.Tensor, grid: tuple[int, int], w: int, reduce: str) -> torch.Tensor:
-    """Every w×w window of every image's patch-token grid, mean- or max-pooled: (images·windows)×D."""
-    rows, cols = grid
-    g = tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[-1])
-    pooled = []
-    for t in range(rows - w + 1):
-        for left in range(cols - w + 1):
-            window = g[:, t:t + w, left:left + w]
-            pooled.append(window.mean(dim=(1, 2)) if reduce == "mean" else window.amax(dim=(1, 2)))
-    return torch.cat(pooled)
+def _reference_runs(tokens: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
+    """The reference's `mean_pooling`/`max_pooling` candidates, written from its description: window = L // (n-1);
+    run p covers tokens [p·window, (p+1)·window) for p < n-1; the last slot pools `x[:, -(L % window):]`, which in
+    Python is the whole sequence when L % window == 0. Returns images×n×D."""
+    length = tokens.shape[1]
+    window = length // (n - 1)
+    remain = length % window
+    slices = [tokens[:, p * window:(p + 1) * window] for p in range(n - 1)] + [tokens[:, -remain:]]
+    reduce_fn = (lambda t: t.mean(dim=1)) if reduce == "mean" else (lambda t: t.max(dim=1).values)
+    return torch.stack([reduce_fn(t) for t in slices], dim=1)
 
 
 @pytest.mark.parametrize("reduce", ["mean", "max"])
-def test_spt_pooled_prompts_are_2x2_windows_of_one_image(micro_vit, reduce):
+@pytest.mark.parametrize("n", [2, 5, 7, 9])  # 64 tokens: remainders 0 (whole-sequence slot), 4, 4, 0
+def test_run_pooling_equals_the_reference_on_a_hand_built_tensor(reduce, n):
+    tokens = torch.arange(2 * 64 * 3, dtype=torch.float32).view(2, 64, 3) ** 1.5 % 17
+    assert torch.equal(run_pool(tokens, n, reduce), _reference_runs(tokens, n, reduce))
+
+
+def test_run_pooling_with_more_prompts_than_tokens_is_one_clear_error():
+    with pytest.raises(BenchError, match="num_prompts - 1 <= the 4 patch tokens"):
+        run_pool(torch.zeros(1, 4, 3), 6, "mean")
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_spt_pooled_prompts_are_reference_runs_of_their_block(micro_vit, reduce):
     split, seed, n = _noise_split(3), 5, 6
-    adapted = _build(micro_vit, split, seed, init=reduce, num_prompts=n, init_images=3, pool_window=2)
-    prompts = adapted.trunk.prompts.detach()
-    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, 3, seed))
-    grid = tuple(micro_vit.model.patch_embed.grid_size)
+    prompts = _build(micro_vit, split, seed, init=reduce, num_prompts=n).trunk.prompts.detach()
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(split.images)
     for i, tokens in enumerate(_timm_patch_tokens(micro_vit.model, x)):
-        windows = _all_windows(tokens, grid, 2, reduce)
-        single = tokens.flatten(0, 1)
+        runs = _reference_runs(tokens, n, reduce).flatten(0, 1)
         for row in prompts[i]:
-            distance = (windows - row).abs().amax(dim=1).min()
-            assert float(distance) <= 1e-5, f"{reduce} prompt of block {i} is no 2×2 window (off by {float(distance)})"
-            # A pooled window of distinct tokens is not itself one of the tokens.
-            assert float((single - row).abs().amax(dim=1).min()) > 1e-4
+            distance = float((runs - row).abs().amax(dim=1).min())
+            assert distance <= 1e-5, f"{reduce} prompt of block {i} is no pooled run of that block (off by {distance})"
+
+
+def test_prompt_norm_rescales_every_prompt_and_keeps_what_the_blocks_compute(micro_vit):
+    split, seed = _noise_split(4), 1
+    raw = _build(micro_vit, split, seed, init="sampled", num_prompts=4).trunk
+    scaled = _build(micro_vit, split, seed, init="sampled", num_prompts=4, prompt_norm=1.5).trunk
+    norms = scaled.prompts.detach().norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 1.5))
+    # Same directions: the same tokens were drawn, only their lengths changed.
+    torch.testing.assert_close(scaled.prompts.detach() / 1.5, raw.prompts.detach() / raw.prompts.detach().norm(
+        dim=-1, keepdim=True))
+    # Blocks read prompts through LayerNorm: class and patch tokens entering every block are unchanged.
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(split.images)
+    with torch.no_grad():
+        for a, b in zip(raw.eval().forward_tokens(x), scaled.eval().forward_tokens(x)):
+            torch.testing.assert_close(a[:, :1], b[:, :1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(a[:, 1 + 4:], b[:, 1 + 4:], atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +201,10 @@ def test_kmeans_seeds_change_centroids_and_repeat_exactly(structured_tokens):
 def test_spt_kmeans_prompts_are_centroids_of_each_blocks_tokens(micro_vit):
     """The builder clusters block i's tokens for prompt set i (a Lloyd fixed point on exactly those tokens)."""
     split, seed, n = _noise_split(4), 2, 5
-    adapted = _build(micro_vit, split, seed, init="kmeans", num_prompts=n, init_images=4)
+    adapted = _build(micro_vit, split, seed, init="kmeans", num_prompts=n)
     prompts = adapted.trunk.prompts.detach()
-    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, 4, seed))
+    # Every token of the drawn images, repeats included, as the reference collects them.
+    x = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(_drawn_images(split, len(split), seed))
     for i, tokens in enumerate(_timm_patch_tokens(micro_vit.model, x)):
         t = tokens.flatten(0, 1).double()
         labels = torch.cdist(t, prompts[i].double()).argmin(dim=1)
@@ -203,7 +237,7 @@ def test_spt_random_init_is_vpt_uniform_bound(micro_vit):
 def test_prompt_init_depends_on_seed_only(micro_vit, method, init):
     split = _noise_split(4)
     m = METHODS.get(method)
-    overrides = {"num_prompts": "4"} | ({"init": init, "init_images": "2"} if init else {})
+    overrides = {"num_prompts": "4"} | ({"init": init} if init else {})
     config = m.config_cls.from_overrides(overrides)
     first = m.build(config, _context(micro_vit, split, 0)).trunk.prompts.detach()
     again = m.build(config, _context(micro_vit, split, 0)).trunk.prompts.detach()

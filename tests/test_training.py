@@ -9,9 +9,9 @@ from torch import nn
 
 from bench import engine
 from bench.backbone import load_backbone
-from bench.config import RunSpec
 from bench.data import TASKS, Preprocess
 from bench.method import METHODS, BuildContext
+from bench.recipes import make_spec
 
 # The engine's real functions, captured before any test wraps them (spies must not wrap earlier spies).
 _REAL_LOAD_BACKBONE = engine.load_backbone
@@ -57,8 +57,8 @@ class Spy:
 
 def _run(spy_patch, backbone: str, task: str, method: str, seed: int = 0, **overrides):
     spy = Spy(spy_patch)
-    hparams = engine.resolve_hparams(method, task, {"epochs": "1", **{k: str(v) for k, v in overrides.items()}})
-    record = engine.run(RunSpec(method, task, backbone, seed, hparams))
+    overrides = {"epochs": "1", **{k: str(v) for k, v in overrides.items()}}
+    record = engine.run(make_spec(method, task, backbone, seed, overrides))
     return record, spy
 
 
