@@ -19,6 +19,7 @@ from bench.backbone import Backbone, load_backbone
 from bench.config import RunSpec
 from bench.data import Preprocess, TensorSplit
 from bench.method import METHODS, Adapted, BuildContext
+from bench.store import Store
 
 # Overrides that make each method start as exactly the backbone (all but SSF do so by default).
 NEW = {
@@ -181,3 +182,32 @@ def test_same_seed_same_adapters_for_hand_written_methods(tiny_vit):
         other = _build(method, tiny_vit(), seed=4, **overrides)
         flat = [torch.cat([p.flatten() for p in a.trunk.parameters() if p.requires_grad]) for a in (first, again, other)]
         assert torch.equal(flat[0], flat[1]) and not torch.equal(flat[0], flat[2])
+
+
+def test_one_bench_run_trains_every_new_method_and_the_report_shows_them(tiny_registered, tmp_path, capsys):
+    from bench.cli import main
+    from bench.report import build_report
+
+    backbone, task = tiny_registered
+    results = tmp_path / "results"
+    assert main(["run", "--methods", ",".join(NEW), "--tasks", task, "--backbone", backbone, "--epochs", "1",
+                 "--protocol", "fixed", "--results", str(results)]) == 0
+    records = Store(results).records()
+    assert sorted(r["spec"]["method"] for r in records) == sorted(NEW)
+    for r in records:
+        assert r["status"] == "done" and len(r["curves"]["train_loss"]) == 1, r["spec"]["method"]
+        assert 0 < r["params"]["learnable_without_head"] < r["params"]["backbone"]
+
+    # The report code knows nothing of these methods; its summary and Pareto figure include them all.
+    report = build_report(results, tmp_path / "report", ["csv"])
+    assert sorted(v for _, v, _ in report.summary.rows) == sorted(NEW)
+    assert tmp_path / "report" / "acc_vs_params_pareto.png" in report.paths
+
+
+@pytest.mark.parametrize("method", list(NEW))
+def test_every_search_grid_point_is_a_valid_config(method):
+    m = METHODS.get(method)
+    assert m.search, f"{method} registers no search grid"
+    for key, values in m.search.items():
+        for value in values:
+            assert getattr(m.config_cls.from_overrides({key: str(value)}), key) == value
