@@ -71,7 +71,7 @@ class AdaptFormerConfig(TrainConfig):
         _check(self.scale > 0, "scale", self.scale, "a positive float")
 
 
-SEARCH = {"lr": [3e-3, 1e-3, 3e-4], "bottleneck": [8, 64]}
+SEARCH = {"lr": [1e-2, 3e-3, 1e-3], "bottleneck": [8, 64]}
 
 
 @register_method("adaptformer", AdaptFormerConfig, "AdaptFormer: scaled bottleneck adapter in parallel with each "

@@ -51,7 +51,7 @@ class LoKrConfig(LycorisConfig):
     """LoKr: a Kronecker product of a small full factor and a rank-r factor."""
 
 
-SEARCH = {"lr": [3e-3, 1e-3, 3e-4], "rank": [4, 8]}
+SEARCH = {"lr": [1e-2, 3e-3, 1e-3], "rank": [4, 8]}
 
 
 @register_method("loha", LoHaConfig, "LoHa via peft: Hadamard product of two low-rank updates beside qkv", SEARCH)
