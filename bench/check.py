@@ -25,9 +25,10 @@ DEFAULT_TOLERANCE = 3.0
 
 
 def default_subset() -> Grid:
-    """Cheap but not trivial: the default methods on one real and two structured micro tasks, 4 epochs, one seed."""
+    """Cheap but not trivial: the default methods and LoRA on one real and two structured micro tasks, 4 epochs, one
+    seed."""
     return Grid(
-        methods=["linear", "vpt-deep", "spt-deep"],
+        methods=["linear", "vpt-deep", "spt-deep", "lora"],
         tasks=["digits", "sprites-loc", "shapes-count"],
         backbones=[DEFAULT_BACKBONE],
         seeds=[0],

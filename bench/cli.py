@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
     report.add_argument("--out", type=Path, help="output directory (default RESULTS/report)")
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
+    report.add_argument("--published", action="store_true",
+                        help="print published numbers (bench/published.csv) beside this run's: paper, this run, difference")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap CI")
 
     check = sub.add_parser("check", help="CI regression check: rerun a small fixed subset, compare with a baseline")
@@ -127,8 +129,10 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         if len(pair) != 2 or not all(pair):
             raise BenchError(f"--compare {args.compare!r}: expected two methods, e.g. --compare spt-deep,vpt-deep")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    report = build_report(args.results, args.out or args.results / "report", formats, pair)
+    report = build_report(args.results, args.out or args.results / "report", formats, pair, args.published)
     console.print(to_rich(report.summary))
+    if report.published is not None and not report.published.empty:
+        console.print(_frame_table(report.published.round(2), "published (paper) vs this run, group means (%)"))
     for note in report.notes:
         console.print(f"note: {note}", style="dim", highlight=False, markup=False)
     for path in report.paths:

@@ -79,12 +79,14 @@ def run(
     if _is_cuda(dev):
         torch.cuda.reset_peak_memory_stats(dev)
 
+    # Described before the method adapts it: methods that inject layers (peft's) add their parameters to the model.
+    backbone_info = backbone.describe()
     ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev)
     adapted = method.build(config, ctx)
     adapted.trunk.to(dev)
     adapted.head.to(dev)
     learnable = _learnable(adapted)
-    params = _param_counts(adapted, learnable, backbone.num_params)
+    params = _param_counts(adapted, learnable, backbone_info["num_params"])
 
     timers = {name: _Timer() for name in ("feature_cache", "train", "eval", "probe")}
     curves: dict[str, list[Any]] = {"train_loss": [], "val_acc": []}
@@ -97,7 +99,7 @@ def run(
         # A frozen trunk is a fixed function of the backbone, so its features depend on what builds it and what it
         # reads; never on the seed or the head's hyper-parameters. The test split is never cached.
         # (The batch size is in the key only because float results may differ, in the last bits, across batch sizes.)
-        source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone.describe(), spec.task,
+        source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone_info, spec.task,
                   data.info, config.batch_size, dev.type)
         train_name = "train+val" if spec.stage == "final" else "train"
         with timers["feature_cache"]:
@@ -155,7 +157,7 @@ def run(
         "status": "done",
         "recipe": recipes.describe(spec.recipe) if spec.recipe else None,
         "task": {"name": task.name, "group": task.group, "num_classes": task.num_classes, **data.info},
-        "backbone": backbone.describe(),
+        "backbone": backbone_info,
         "method_info": adapted.info,
         "curves": curves,
         "metrics": {"val_acc": curves["val_acc"][-1] if curves["val_acc"] else None, "test_acc": test_acc},

@@ -554,11 +554,13 @@ class Report:
     paths: list[Path]
     notes: list[str]
     comparison: Comparison | None
+    published: pd.DataFrame | None = None
 
 
 def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = FORMATS,
-                 compare_pair: tuple[str, str] | None = None) -> Report:
-    """Write every table and figure the records support under `out`; say which were skipped and why."""
+                 compare_pair: tuple[str, str] | None = None, published: bool = False) -> Report:
+    """Write every table and figure the records support under `out`; say which were skipped and why. With
+    `published`, also the published numbers (bench/published.csv) beside this run's (bench.published)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
@@ -585,7 +587,17 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
             notes.append(made)
         else:
             paths += made
-    return Report(summary, paths, notes, comparison)
+    beside = None
+    if published:
+        from bench.published import compare_published, load_published, write_published
+
+        beside = compare_published(runs, load_published())
+        if beside.empty:
+            notes.append("published table skipped: no recorded method, backbone and complete task group matches a "
+                         "published number (bench/published.csv)")
+        else:
+            paths += write_published(beside, out, formats)
+    return Report(summary, paths, notes, comparison, beside)
 
 
 def to_rich(table: Table) -> Any:

@@ -1,0 +1,89 @@
+"""Published reference numbers: the shipped table names only registered methods, backbones and task groups, and
+`bench report --published` puts each paper's number beside this run's mean over the same tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from bench.backbone import BACKBONES
+from bench.cli import main
+from bench.config import RunSpec
+from bench.method import METHODS
+from bench.published import compare_published, load_published, scope_tasks
+from bench.report import SUITES, load_runs
+from bench.store import Store
+
+GROUP_OF = {t: g.id for suite in SUITES for g in suite.groups for t in g.tasks}
+VTAB = [t for t, g in GROUP_OF.items() if g.startswith("vtab/")]
+FGVC = [t for t, g in GROUP_OF.items() if g == "fgvc"]
+
+
+def _record(method: str, task: str, seed: int, acc: float, **hparams: Any) -> dict[str, Any]:
+    spec = RunSpec(method, task, "sup21k-vit-b16", seed, {"epochs": 100, **hparams})
+    return {"id": spec.run_id, "spec": spec.to_dict(), "status": "done",
+            "task": {"name": task, "group": GROUP_OF[task], "num_classes": 10},
+            "curves": {"train_loss": [1.0], "val_acc": [acc]}, "metrics": {"val_acc": acc, "test_acc": acc},
+            "params": {"backbone": 86_000_000, "learnable": 10, "learnable_pct": 0.2},
+            "wallclock": {"prompt_construction": 0.0, "train": 1.0, "eval": 1.0, "probe": 0.0}}
+
+
+def test_shipped_rows_name_registered_methods_backbones_and_task_groups():
+    import methods  # noqa: F401  (registers the methods)
+
+    published = load_published()
+    assert len(published) >= 10
+    for row in published.itertuples(index=False):
+        assert row.method in METHODS.names() and row.backbone in BACKBONES.names(), row
+        assert scope_tasks(row.scope), row.scope
+        assert 0 < row.accuracy < 100 and row.paper and row.table and row.read_from.startswith("https://"), row
+    assert len(scope_tasks("vtab")) == 19 and len(scope_tasks("vtab/natural")) == 7 and len(scope_tasks("fgvc")) == 5
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """SSF on all 19 VTAB tasks (task i: 50 + i; two seeds on the first), full fine-tuning on 4 of 5 FGVC tasks."""
+    store = Store(tmp_path / "results")
+    for i, task in enumerate(VTAB):
+        store.write(_record("ssf", task, 0, 50.0 + i))
+    store.write(_record("ssf", VTAB[0], 1, 60.0))
+    for task in FGVC[:4]:
+        store.write(_record("full", task, 0, 90.0))
+    return tmp_path / "results"
+
+
+def test_paper_beside_this_run_over_the_scopes_tasks_with_equal_weight(results: Path):
+    compared = compare_published(load_runs(results), load_published())
+    # Only SSF's VTAB-1k mean is complete: full fine-tuning lacks an FGVC task, SSF has no FGVC record.
+    assert list(zip(compared["method"], compared["scope"])) == [("ssf", "vtab")]
+    row = compared.iloc[0]
+    per_task = [55.0] + [50.0 + i for i in range(1, 19)]  # the first task: mean of 50 and 60 over seeds
+    assert row["this run"] == pytest.approx(sum(per_task) / 19)
+    assert row["paper"] == 73.10
+    assert row["difference"] == pytest.approx(row["this run"] - 73.10)
+    assert "SSF" in row["source"]
+
+
+def test_a_published_row_meets_every_variant_of_its_method(results: Path, tmp_path: Path):
+    store = Store(results)
+    for task in FGVC:
+        store.write(_record("full", task, 0, 80.0, lr=0.1))
+    own = tmp_path / "published.csv"
+    own.write_text("method,backbone,scope,accuracy,paper,table,read_from\n"
+                   "full,sup21k-vit-b16,fgvc,88.54,P,T,https://example.org\n")
+    compared = compare_published(load_runs(results), pd.read_csv(own))
+    assert list(compared["method"]) == ["full lr=0.1"] and compared["difference"].iloc[0] == pytest.approx(80 - 88.54)
+
+
+def test_cli_report_published_prints_and_writes_the_comparison(results: Path, tmp_path: Path, capsys):
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "out"), "--published"]) == 0
+    out = capsys.readouterr().out
+    assert "paper" in out and "this run" in out and "73.1" in out
+    written = pd.read_csv(tmp_path / "out" / "published.csv")
+    assert list(written["method"]) == ["ssf"]
+    assert (tmp_path / "out" / "published.md").read_text().count("| ssf |") == 1
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "published.csv").exists()
