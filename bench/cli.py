@@ -6,6 +6,7 @@ Every error a user can cause ends as one line on stderr and exit status 2, never
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -248,21 +249,26 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     registries = _registries()
-    from bench.backbone import check_backbone_name
+    from bench.backbone import load_backbone
     from bench.progress import GridDisplay
     from bench.scheduler import Execution, Grid, execute, final_specs, parse_sets, select_best
     from bench.store import Store, summarise
 
+    # Every input is checked before the first run, so a bad one is one line and exit 2 with nothing written, never a
+    # grid of failed records.
     if args.weights is not None and not args.weights.is_file():
         raise BenchError(f"--weights {args.weights} does not exist; pass a checkpoint file")
     _check_device(args.device)
     if args.backend == "dask" and not args.scheduler:
         raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
+    _check_writable(args.results)
     method_names = registries["methods"].resolve(args.methods)
     task_names = registries["tasks"].resolve(args.tasks)
     backbones = [name.strip() for name in args.backbone.split(",") if name.strip()]
     for name in backbones:
-        check_backbone_name(name)
+        # Building the backbone once reads its checkpoint as every run would: safe to unpickle, a ViT of this
+        # width, keys that convert; or finds its hub or packaged weights.
+        load_backbone(name, args.weights)
     sweeps = parse_sets(args.sets)
     if args.epochs is not None:
         sweeps["epochs"] = [str(args.epochs)]
@@ -348,6 +354,15 @@ def _frame_table(frame: Any, title: str) -> Table:
     for row in frame.itertuples(index=False):
         table.add_row(*(str(value) for value in row))
     return table
+
+
+def _check_writable(results: Path) -> None:
+    """Fail now, not at the first record, when `results` cannot be created or written (nothing is created here)."""
+    existing = next(p for p in [results, *results.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise BenchError(f"--results {results}: {existing} is a file, not a folder; pass --results DIR")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(f"--results {results}: {existing} is not writable; pass --results DIR in a folder you can write")
 
 
 def _check_device(device: str) -> None:

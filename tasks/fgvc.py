@@ -5,7 +5,8 @@ Two on-disk layouts are read, detected in this order:
   are remapped onto 0..K-1 in sorted order; images under the dataset's usual image folder.
 - `fgvc-spt-txt`: `<relpath> <label>` text lists such as `cub200_{train,test}.txt`, in the dataset folder or the data
   root (SPT's release); without a val list, 10% of train is held out, class-stratified and seeded.
-A dataset folder is found under its archive name and the usual short names, ignoring case, `-` and `_`.
+A dataset folder, its image folder and its lists are found under SPT's names (`Dataset/FGVC.py`), the archives' and the
+usual short names, ignoring case, `-` and `_`.
 """
 
 from __future__ import annotations
@@ -50,15 +51,17 @@ class FgvcTask:
     test: int
 
 
+# Folder, image-folder and list names: SPT's own loader (`Dataset/FGVC.py` in SinAxCosB/Self-Prompt-Tuning) first,
+# as written there (`Flowes_` is its spelling), then the archives' and other repositories' names.
 FGVC = (
     FgvcTask("cub", 200, "CUB-200-2011: 200 bird species", ("CUB_200_2011", "cub", "cub200"), ("images",),
              ("cub200", "cub"), 5994, 5794),
-    FgvcTask("nabirds", 555, "NABirds: 555 North American bird categories", ("nabirds",), ("images",),
-             ("nabirds",), 23929, 24633),
+    FgvcTask("nabirds", 555, "NABirds: 555 North American bird categories", ("NABirds",), ("images",),
+             ("NABirds",), 23929, 24633),
     FgvcTask("flowers", 102, "Oxford Flowers-102: 102 flower species",
              ("Flowers", "flowers102", "OxfordFlowers", "oxford_flowers102"), ("102flowers/jpg", "jpg"),
-             ("Flowers", "Flowes", "flowers102"), 2040, 6149),
-    FgvcTask("dogs", 120, "Stanford Dogs: 120 dog breeds", ("Dogs", "StanfordDogs", "stanford_dogs"), ("Images",),
+             ("Flowes", "Flowers", "flowers102"), 2040, 6149),
+    FgvcTask("dogs", 120, "Stanford Dogs: 120 dog breeds", ("Dogs", "StanfordDogs", "stanford_dogs"), ("images",),
              ("Dogs", "StanfordDogs"), 12000, 8580),
     FgvcTask("cars", 196, "Stanford Cars: 196 car models", ("Cars", "StanfordCars", "stanford_cars", "car196"), (),
              ("Cars", "cars196"), 8144, 8041),

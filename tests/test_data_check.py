@@ -38,6 +38,13 @@ def test_derived_split_is_reported_as_a_note(tmp_path: Path) -> None:
     assert "train+val has 30 images, expected 12000" in _texts(check, WARNING)
 
 
+def test_spt_reference_dogs_layout_is_found_and_usable(tmp_path: Path) -> None:
+    fx.fgvc_spt_release(tmp_path, "dogs")
+    check = _check("dogs", tmp_path)
+    assert check.usable and check.layout == "fgvc-spt-txt" and check.folder == str(tmp_path / "Dogs")
+    assert _texts(check, ERROR) == []
+
+
 def test_corrupt_truncated_and_missing_images_are_listed_not_raised(tmp_path: Path) -> None:
     dataset = fx.fgvc_vpt_json(tmp_path)
     (dataset / "images/001.class/train_0.jpg").write_bytes(b"not an image at all")
