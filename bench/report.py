@@ -90,18 +90,18 @@ SUMMARY_LABELS = {"fgvc": "FGVC", "vtab/natural": "Natural", "vtab/specialized":
 # --- records -------------------------------------------------------------------------------------------------------
 
 
-def load_runs(root: str | Path) -> pd.DataFrame:
+def load_runs(source: str | Path | Store) -> pd.DataFrame:
     """One row per finished run that read the test split: the store's flat row (spec, `hp.*`, metrics, params,
-    wall-clock) plus its variant label and NMI curve.
+    wall-clock) plus its variant label and NMI curve. Unreadable records are set aside (see `Store.set_aside`).
 
     Raises:
         BenchError: the store holds no such run.
     """
-    store = Store(root)
+    store = source if isinstance(source, Store) else Store(source)
     records = [r for r in store.records()
                if r.get("status") == "done" and r["spec"].get("stage", "fixed") in TEST_STAGES]
     if not records:
-        raise BenchError(f"no finished runs in {store.runs}; run `bench run --results {root}` first or pass --results DIR")
+        raise BenchError(f"no finished runs in {store.runs}; run `bench run --results {store.root}` first or pass --results DIR")
     runs = pd.DataFrame([flatten(r) for r in records])
     runs["acc"] = runs["test_acc"]
     runs["nmi"] = [r.get("curves", {}).get("nmi") for r in records]
@@ -562,7 +562,8 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
-    runs = load_runs(results)
+    store = Store(results)
+    runs = load_runs(store)
     comparison = compare(runs, *compare_pair) if compare_pair else None  # a bad name fails before anything is written
     out = Path(out)
     try:
@@ -570,7 +571,8 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     except OSError as exc:
         raise BenchError(f"cannot create report directory {out}: {exc.strerror}; pass --out DIR") from None
     paths: list[Path] = []
-    notes: list[str] = []
+    notes = [f"skipped unreadable record {path.name} (set aside; rerun `bench run` to recompute it)"
+             for path in store.set_aside]
     for suite in SUITES:
         table = suite_table(suite, runs)
         if table is None:

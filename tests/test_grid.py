@@ -515,6 +515,38 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
     assert "final" not in out and sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
+def test_a_truncated_record_is_set_aside_by_dry_run_run_and_report_and_its_run_is_redone(
+    tiny_registered, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "250")
+    backbone, task = tiny_registered
+    results = tmp_path / "results"
+    args = ["run", "--methods", "linear", "--tasks", task, "--backbone", backbone, "--protocol", "fixed",
+            "--seeds", "0,1", "--epochs", "1", "--results", str(results)]
+    assert main(args) == 0
+    capsys.readouterr()
+    first, second = sorted((results / "runs").glob("*.json"))
+    first.write_bytes(first.read_bytes()[:100])
+
+    assert main(args + ["--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("bench: warning:") == 1 and f"set aside unreadable record {first}" in err
+    assert out.count("pending") == 1 and out.count("done") == 1
+    assert (results / "runs" / f"{first.name}.corrupt").exists()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"\b1 run\(s\) done, 1 already finished", out) and err == ""
+    assert json.loads(first.read_text())["status"] == "done"
+
+    second.write_text("not json")
+    (results / "runs" / "notes.json").write_text("[]")
+    assert main(["report", "--results", str(results), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("bench: warning:") == 2 and "Traceback" not in out + err
+    assert f"note: skipped unreadable record {second.name}" in _flat(out)
+    assert "note: skipped unreadable record notes.json" in _flat(out)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 9. The store's summary over seeds
 
