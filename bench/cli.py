@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="find each task's files, check splits, labels and images")
     check.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
     check.add_argument("--tasks", default="fgvc,vtab", help="comma list, aliases, globs (default fgvc,vtab)")
+    check.add_argument("--jobs", type=_positive, default=None,
+                       help="threads reading and decoding images (default 8)")
     return parser
 
 
@@ -225,9 +227,19 @@ def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_data(args: argparse.Namespace, console: Console) -> int:
-    from bench.datacheck import check_tasks, render
+    from bench.datacheck import DEFAULT_JOBS, check_tasks, render
 
-    checks = check_tasks(_registries()["tasks"].resolve(args.tasks), args.data_root)
+    names = _registries()["tasks"].resolve(args.tasks)
+    with RichProgress(*RichProgress.get_default_columns(), console=console, transient=True,
+                      disable=not console.is_terminal) as bar:
+        bars: dict[str, Any] = {}
+
+        def on_image(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = bar.add_task(f"{task}: reading images", total=total)
+            bar.update(bars[task], completed=done)
+
+        checks = check_tasks(names, args.data_root, args.jobs or DEFAULT_JOBS, on_image)
     render(checks, console)
     return 0 if all(check.usable for check in checks) else 1
 

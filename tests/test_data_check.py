@@ -107,3 +107,20 @@ def test_cli_without_a_data_root_is_a_one_line_error(
     monkeypatch.delenv("BENCH_DATA", raising=False)
     assert main(["data", "check", "--tasks", "cub"]) == 2
     assert capsys.readouterr().err.strip().startswith("bench: error: this task reads files from disk; pass --data-root")
+
+
+def test_parallel_check_reports_progress_and_finds_what_a_serial_check_finds(tmp_path: Path) -> None:
+    dataset = fx.fgvc_vpt_json(tmp_path)
+    (dataset / "images/001.class/train_0.jpg").write_bytes(b"not an image at all")
+    (dataset / "images/003.class/test_1.jpg").unlink()
+    seen: list[tuple[str, int, int]] = []
+    parallel = check_tasks(["cub"], tmp_path, jobs=4, on_image=lambda *event: seen.append(event))[0]
+    serial = check_tasks(["cub"], tmp_path, jobs=1)[0]
+    assert parallel.findings == serial.findings and not parallel.usable
+    total = 3 * (4 + 1 + 2)
+    assert seen == [("cub", done, total) for done in range(total + 1)]
+
+
+def test_cli_jobs_must_be_a_positive_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "check", "--data-root", str(tmp_path), "--tasks", "cub", "--jobs", "0"]) == 2
+    assert "--jobs: expected a positive integer" in capsys.readouterr().err
