@@ -406,27 +406,51 @@ def fig_nmi(runs: pd.DataFrame, out: Path) -> list[Path] | str:
     return _save(fig, out, "nmi_vs_epoch")
 
 
-def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
-    """Figure 3a: accuracy per prompt initialisation, construction wall-clock annotated on each bar."""
+def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
+    """Per (series, init): accuracy over the tasks every init of the series has, as the mean over seeds of each
+    seed's task mean, with the sample std (n − 1) over seeds and their count; and the construction wall-clock.
+
+    Returns a note instead when fewer than two initialisations are recorded.
+    """
     have = runs[runs["hp.init"].notna()].copy() if "hp.init" in runs else runs.iloc[:0]
     if have.empty or have["hp.init"].nunique() < 2:
         return "init ablation skipped: fewer than two prompt initialisations recorded"
     have["init"] = have["hp.init"]
     have["series"] = _series_label(have, exclude="init")
-    inits = [i for i in INIT_ORDER if i in set(have["init"])] + sorted(set(have["init"]) - set(INIT_ORDER))
-    series = sorted(have["series"].unique())
+    parts = []
+    for name, frame in have.groupby("series"):
+        per_seed = _on_common_tasks(frame, "init").groupby(["init", "seed"]).agg(
+            acc=("acc", "mean"), secs=("wallclock.prompt_construction", "mean"))
+        stats = per_seed.groupby("init").agg(acc=("acc", "mean"), std=("acc", "std"), seeds=("acc", "size"),
+                                             secs=("secs", "mean"))
+        parts.append(stats.assign(series=name).reset_index())
+    return pd.concat(parts).set_index(["series", "init"])
+
+
+def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 3a: accuracy per prompt initialisation, ± std over seeds, construction wall-clock on each bar."""
+    stats = init_ablation_stats(runs)
+    if isinstance(stats, str):
+        return stats
+    recorded = set(stats.index.get_level_values("init"))
+    inits = [i for i in INIT_ORDER if i in recorded] + sorted(recorded - set(INIT_ORDER))
+    series = sorted(set(stats.index.get_level_values("series")))
     fig, ax = _figure()
     width = 0.8 / len(series)
     for i, name in enumerate(series):
-        stats = _on_common_tasks(have[have["series"] == name], "init").groupby("init").agg(acc=("acc", "mean"), secs=("wallclock.prompt_construction", "mean"))
-        stats = stats.reindex([x for x in inits if x in stats.index])
-        xs = np.array([inits.index(x) for x in stats.index]) + (i - (len(series) - 1) / 2) * width
-        bars = ax.bar(xs, stats["acc"], width, label=name, hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black")
-        for bar, secs in zip(bars, stats["secs"]):
-            ax.annotate(f"{secs:.2f}s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        mine = stats.loc[name]
+        mine = mine.reindex([x for x in inits if x in mine.index])
+        xs = np.array([inits.index(x) for x in mine.index]) + (i - (len(series) - 1) / 2) * width
+        # A single seed has no spread to show: no whisker rather than a zero-length one that reads as certainty.
+        spread = mine["std"].where(mine["seeds"] > 1)
+        bars = ax.bar(xs, mine["acc"], width, yerr=spread, capsize=2, label=name,
+                      hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black", error_kw={"elinewidth": 0.8})
+        for bar, secs, above in zip(bars, mine["secs"], spread.fillna(0.0)):
+            ax.annotate(f"{secs:.2f}s", (bar.get_x() + bar.get_width() / 2, bar.get_height() + above),
                         ha="center", va="bottom", fontsize="xx-small")
     ax.set_xticks(range(len(inits)), inits)
-    ax.set(xlabel="prompt initialisation (label: construction wall-clock)", ylabel="test accuracy (%)")
+    ax.set(xlabel="prompt initialisation (label: construction wall-clock)",
+           ylabel="test accuracy (%)\n(mean ± sample std over seeds)")
     _legend(ax)
     return _save(fig, out, "init_ablation")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 
 from bench.cli import main
 from bench.config import RunSpec
-from bench.report import build_report, compare, load_runs, to_latex, suite_table, SUITES
+from bench.report import (
+    SUITES, build_report, compare, fig_init_ablation, init_ablation_stats, load_runs, suite_table, to_latex,
+)
 from bench.store import Store
 
 MICRO = next(s for s in SUITES if s.key == "micro")
@@ -156,3 +159,21 @@ def test_cli_report_prints_summary_and_paths(results: Path, tmp_path: Path,
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "r"), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "summary" in out and "spt-deep init=kmeans" in out and "summary.md" in out
+
+
+def test_init_ablation_bars_are_seed_means_of_task_means_with_the_sample_std_over_seeds(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # kmeans: seed 0 task mean (80+60)/2 = 70, seed 1 (84+64)/2 = 74 -> 72 ± 2.83; sampled: one seed, no spread.
+    for task, seed, acc in (("digits", 0, 80.0), ("sprites-loc", 0, 60.0), ("digits", 1, 84.0),
+                            ("sprites-loc", 1, 64.0)):
+        store.write(record("spt-deep", task, seed, acc, {"init": "kmeans"}))
+    store.write(record("spt-deep", "digits", 0, 50.0, {"init": "sampled"}))
+    store.write(record("spt-deep", "sprites-loc", 0, 40.0, {"init": "sampled"}))
+    stats = init_ablation_stats(load_runs(tmp_path)).loc["spt-deep"]
+    assert stats.loc["kmeans", "acc"] == pytest.approx(72.0)
+    assert stats.loc["kmeans", "std"] == pytest.approx(statistics.stdev([70.0, 74.0]))
+    assert stats.loc["kmeans", "seeds"] == 2
+    assert stats.loc["sampled", "acc"] == pytest.approx(45.0) and stats.loc["sampled", "seeds"] == 1
+    assert stats.loc["kmeans", "secs"] == pytest.approx(0.25)
+    paths = fig_init_ablation(load_runs(tmp_path), tmp_path)
+    assert [p.name for p in paths] == ["init_ablation.pdf", "init_ablation.png"]
