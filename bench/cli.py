@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    _registries()  # the task families declare the report's tables: their groups, labels and task order
     from bench.report import build_report, to_rich
 
     pair = None

@@ -1,7 +1,8 @@
 """`bench report`: the tables and figures of a PEFT paper, built only from finished records in the results store.
 
-Tables follow VPT's and SPT's layout (Jia et al., ECCV 2022; Wang et al., ICML 2024): one per suite (FGVC, VTAB-1k,
-the offline micro suite) and a summary of backbone × method → group means, each written as LaTeX (booktabs),
+Tables follow VPT's and SPT's layout (Jia et al., ECCV 2022; Wang et al., ICML 2024): one per task family (FGVC,
+VTAB-1k, the offline micro suite; groups, labels and task order as each family's file declares them) and a summary of
+backbone × method → group means, each written as LaTeX (booktabs),
 Markdown and CSV with the same numbers. Figures follow SPT's: NMI between prompts and patch tokens per epoch
 (Figure 2), the prompt-initialisation ablation (3a), prompt length (3c), backbone size (3d), training-data fraction
 (4), and accuracy against learnable parameters. A figure or table whose records are absent is skipped with a note.
@@ -23,13 +24,14 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from bench import BenchError
+from bench.data import TASK_GROUPS, TASKS, TaskGroup
 from bench.store import Store, flatten, variant_labels
 
 REFERENCE = "full"  # the method `[n]` compares against, as VPT's tables do
@@ -41,16 +43,17 @@ INIT_ORDER = ("random", "sampled", "mean", "max", "kmeans")
 
 @dataclass(frozen=True)
 class Group:
-    """A task group: its id in records (`record['task']['group']`), its column label and its canonical task order."""
+    """A task group: its id in records (`record['task']['group']`), its column labels and its task order."""
 
     id: str
     label: str
     tasks: tuple[str, ...]
+    summary_label: str
 
 
 @dataclass(frozen=True)
 class Suite:
-    """One paper table. `overall` labels the mean of the group means; None when the suite has a single group."""
+    """One paper table: a task family. `overall` labels the mean of the group means; None for a single group."""
 
     key: str
     title: str
@@ -58,33 +61,28 @@ class Suite:
     overall: str | None = None
 
 
-SUITES = (
-    Suite("fgvc", "FGVC", (Group("fgvc", "Mean", ("cub", "nabirds", "flowers", "dogs", "cars")),)),
-    Suite(
-        "vtab",
-        "VTAB-1k",
-        (
-            Group("vtab/natural", "Natural",
-                  ("cifar100", "caltech101", "dtd", "flowers102", "pets", "svhn", "sun397")),
-            Group("vtab/specialized", "Specialized", ("camelyon", "eurosat", "resisc45", "retinopathy")),
-            Group("vtab/structured", "Structured",
-                  ("clevr-count", "clevr-dist", "dmlab", "kitti-dist", "dsprites-loc", "dsprites-ori",
-                   "smallnorb-azi", "smallnorb-ele")),
-        ),
-        overall="Mean",
-    ),
-    Suite(
-        "micro",
-        "Micro suite",
-        (
-            Group("micro/real", "Real", ("digits", "mnist5k")),
-            Group("micro/structured", "Structured", ("sprites-loc", "sprites-ori", "shapes-count")),
-        ),
-        overall="Mean",
-    ),
-)
-SUMMARY_LABELS = {"fgvc": "FGVC", "vtab/natural": "Natural", "vtab/specialized": "Specialized",
-                  "vtab/structured": "Structured", "micro/real": "Micro real", "micro/structured": "Micro structured"}
+def suites(recorded_groups: Iterable[str] = ()) -> list[Suite]:
+    """One table per task family, learnt from the registries: groups as their families declare them
+    (`bench.data.register_group`), tasks in registration order. A group that only records name (its family is not
+    registered here, or declares no group) still gets a table, named after the part of its id before `/`."""
+    tasks: dict[str, list[str]] = defaultdict(list)
+    for entry in TASKS.entries():
+        tasks[entry.obj.group].append(entry.name)
+    declared = {entry.name: entry.obj for entry in TASK_GROUPS.entries()}
+    ids = list(dict.fromkeys([*declared, *tasks, *sorted(set(recorded_groups) - set(tasks) - set(declared))]))
+    families: dict[str, list[Group]] = defaultdict(list)
+    titles: dict[str, str] = {}
+    for gid in ids:
+        family = gid.split("/")[0]
+        spec = declared.get(gid, TaskGroup(gid, gid.split("/")[-1], family))
+        titles.setdefault(family, spec.table_title)
+        families[family].append(Group(gid, spec.label, tuple(tasks[gid]), spec.summary_label or spec.label))
+    made = []
+    for family, groups in families.items():
+        if len(groups) == 1:  # a single group's column is the table's mean
+            groups = [Group(groups[0].id, "Mean", groups[0].tasks, groups[0].summary_label)]
+        made.append(Suite(family, titles[family], tuple(groups), "Mean" if len(groups) > 1 else None))
+    return made
 
 
 # --- records -------------------------------------------------------------------------------------------------------
@@ -233,12 +231,10 @@ def _rank(rows: list[tuple[str, str, dict[str, Cell]]], keys: Sequence[str]) -> 
 
 def summary_table(runs: pd.DataFrame) -> Table:
     """Backbone × method → mean accuracy of every task group that has records (the paper's summary table)."""
-    known = [g for suite in SUITES for g in suite.groups]
     present = set(runs["group"].dropna())
-    groups = [g for g in known if g.id in present]
-    groups += [Group(gid, gid, ()) for gid in sorted(present - {g.id for g in known})]
+    groups = [g for suite in suites(present) for g in suite.groups if g.id in present]
     tasks = {g.id: _group_tasks(g, runs) for g in groups}
-    columns = [Column(f"mean:{g.id}", SUMMARY_LABELS.get(g.id, g.id)) for g in groups]
+    columns = [Column(f"mean:{g.id}", g.summary_label) for g in groups]
     rows = []
     for (backbone, variant), cells in sorted(_cells(runs).items()):
         rows.append((backbone, variant, {f"mean:{g.id}": _mean_of(cells, tasks[g.id]) for g in groups}))
@@ -597,7 +593,7 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     paths: list[Path] = []
     notes = [f"skipped unreadable record {path.name} (set aside; rerun `bench run` to recompute it)"
              for path in store.set_aside]
-    for suite in SUITES:
+    for suite in suites(runs["group"].dropna()):
         table = suite_table(suite, runs)
         if table is None:
             notes.append(f"{suite.title} table skipped: no records in its groups ({', '.join(g.id for g in suite.groups)})")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torchvision import transforms as T
 
-from bench.data import TASKS, Task, register_task
+from bench.data import TASKS, Task, TaskGroup, register_group, register_task
 from bench.imagefiles import ImageTransforms
 from bench.layouts import DataSource, Located, PathLog, image_base, read_json_map, read_txt_list, remap_contiguous
 
@@ -114,3 +114,4 @@ for _task in FGVC:
     register_task(Task(_task.name, "fgvc", _task.classes, _source(_task), epochs=100), _task.description)
 
 TASKS.alias("fgvc", [t.name for t in FGVC])
+register_group(TaskGroup("fgvc", "FGVC", "FGVC"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torchvision import transforms as T
 
-from bench.data import TASKS, Task, register_task
+from bench.data import TASKS, Task, TaskGroup, register_group, register_task
 from bench.imagefiles import ImageTransforms
 from bench.layouts import DataSource, Located, PathLog, read_txt_list
 
@@ -114,5 +114,6 @@ for _task in VTAB:
     )
 
 TASKS.alias("vtab", [t.name for t in VTAB])
-for _group in GROUP_FOLDERS:
+for _group, _label in GROUP_FOLDERS.items():
     TASKS.alias(f"vtab-{_group}", [t.name for t in VTAB if t.group == _group])
+    register_group(TaskGroup(f"vtab/{_group}", _label, "VTAB-1k"))
