@@ -46,7 +46,7 @@ def _key(name: str) -> str:
 class PathLog:
     """Looks up children by tolerant name and remembers every path it tried, for the not-found message.
 
-    Lookups chain (`probe.file(probe.dir(root, names), ...)`); below a folder that was not found the probe still
+    Lookups chain (`lookup.file(lookup.dir(root, names), ...)`); below a folder that was not found the log still
     records what it would have looked for (`root/{a,b}/train.json`), so the message names the files, not just the
     first folder that was missing.
     """
@@ -136,14 +136,14 @@ def remap_contiguous(splits: dict[str, dict[str, int]], base: Path) -> dict[str,
     return {name: [(base / rel, index[cid]) for rel, cid in mapping.items()] for name, mapping in splits.items()}
 
 
-def image_base(folder: Path, candidates: Sequence[str], first: str, probe: PathLog) -> Path:
+def image_base(folder: Path, candidates: Sequence[str], first: str, lookup: PathLog) -> Path:
     """The first of `folder/<candidate>` and `folder` under which the list's first image exists; candidate folders
     match whatever their case (`Dogs/images` in SPT's release, `Dogs/Images` in the Stanford archive)."""
     for base in [*(_tolerant(folder, c) for c in candidates), folder]:
-        probe.tried.append(str(base / first))
+        lookup.tried.append(str(base / first))
         if (base / first).is_file():
             return base
-    raise BenchError(f"images listed for {folder} not found; looked for {probe.describe()}")
+    raise BenchError(f"images listed for {folder} not found; looked for {lookup.describe()}")
 
 
 def _tolerant(folder: Path, relative: str) -> Path:
@@ -250,13 +250,13 @@ class DataSource:
 
     def locate(self, root: Path) -> Located:
         """The first layout that matches, with train, val and test (derived when the layout lacks them)."""
-        probe = PathLog()
+        lookup = PathLog()
         for finder in self.finders:
-            found = finder(root, probe)
+            found = finder(root, lookup)
             if found is not None:
                 return self._complete(found)
         raise BenchError(
-            f"task {self.name} not found under {root}; looked for: {probe.describe()}. "
+            f"task {self.name} not found under {root}; looked for: {lookup.describe()}. "
             f"Put the dataset there in one of the layouts in the README, or point --data-root/{DATA_ENV} elsewhere"
         )
 

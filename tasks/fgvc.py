@@ -68,33 +68,33 @@ FGVC = (
 )
 
 
-def find_vpt_json(task: FgvcTask, root: Path, probe: PathLog) -> Located | None:
-    folder = probe.dir(root, task.folders)
-    lists = {split: probe.file(folder, [f"{split}.json"]) for split in ("train", "val", "test")}
+def find_vpt_json(task: FgvcTask, root: Path, lookup: PathLog) -> Located | None:
+    folder = lookup.dir(root, task.folders)
+    lists = {split: lookup.file(folder, [f"{split}.json"]) for split in ("train", "val", "test")}
     if folder is None or lists["train"] is None or lists["test"] is None:
         return None
     found = {split: path for split, path in lists.items() if path is not None}
     mappings = {split: read_json_map(path) for split, path in found.items()}
     first = next(iter(mappings["train"]), "")
-    splits = remap_contiguous(mappings, image_base(folder, task.image_dirs, first, probe))
+    splits = remap_contiguous(mappings, image_base(folder, task.image_dirs, first, lookup))
     note = "class ids of the JSON files remapped onto 0..K-1 in sorted order"
     return Located("fgvc-vpt-json", folder, found, splits, [note])
 
 
-def find_spt_txt(task: FgvcTask, root: Path, probe: PathLog) -> Located | None:
-    folder = probe.dir(root, task.folders)
+def find_spt_txt(task: FgvcTask, root: Path, lookup: PathLog) -> Located | None:
+    folder = lookup.dir(root, task.folders)
     for where in (folder, root):
-        train = probe.file(where, [f"{prefix}_train.txt" for prefix in task.list_prefixes])
+        train = lookup.file(where, [f"{prefix}_train.txt" for prefix in task.list_prefixes])
         if train is None or folder is None:
             continue
         prefix = train.name[: -len("_train.txt")]
-        lists = {"train": train, "val": probe.file(where, [f"{prefix}_val.txt"]),
-                 "test": probe.file(where, [f"{prefix}_test.txt"])}
+        lists = {"train": train, "val": lookup.file(where, [f"{prefix}_val.txt"]),
+                 "test": lookup.file(where, [f"{prefix}_test.txt"])}
         if lists["test"] is None:
             return None
         found = {split: path for split, path in lists.items() if path is not None}
         listed = read_txt_list(train, Path())
-        base = image_base(folder, task.image_dirs, str(listed[0][0]) if listed else "", probe)
+        base = image_base(folder, task.image_dirs, str(listed[0][0]) if listed else "", lookup)
         return Located("fgvc-spt-txt", folder, found, {s: read_txt_list(p, base) for s, p in found.items()})
     return None
 
