@@ -60,6 +60,8 @@ class Store:
             return None
         wrong = [key for key, kind in _REQUIRED.items() if not isinstance(record, dict)
                  or not isinstance(record.get(key), kind)]
+        if not wrong and record["status"] == "done" and not isinstance(record.get("metrics"), dict):
+            wrong = ["metrics"]  # a finished run is selected and reported by its metrics
         if wrong:
             self._set_aside(path, inode, f"not a run record: no {', '.join(wrong)}")
             return None
