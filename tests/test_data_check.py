@@ -124,3 +124,18 @@ def test_parallel_check_reports_progress_and_finds_what_a_serial_check_finds(tmp
 def test_cli_jobs_must_be_a_positive_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "check", "--data-root", str(tmp_path), "--tasks", "cub", "--jobs", "0"]) == 2
     assert "--jobs: expected a positive integer" in capsys.readouterr().err
+
+
+def test_cli_shows_a_progress_bar_per_task_on_a_terminal(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bench.cli import build_parser, cmd_data
+
+    fx.fgvc_spt_release(tmp_path, "dogs")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    args = build_parser().parse_args(["data", "check", "--data-root", str(tmp_path), "--tasks", "dogs", "--jobs", "2"])
+    assert cmd_data(args, console) == 0
+    assert "dogs: reading images" in screen.getvalue() and "1 of 1 task(s) usable" in screen.getvalue()
