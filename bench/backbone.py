@@ -314,7 +314,9 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own and OS errors on a file that is not its own
-        raise BenchError(f"cannot read checkpoint {path} ({type(exc).__name__}); expected a .safetensors file") from None
+        raise BenchError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}); expected a .safetensors file"
+        ) from None
 
 
 def _unsafe_globals(path: Path) -> str:

@@ -375,7 +375,9 @@ def _check_writable(results: Path) -> None:
     if not existing.is_dir():
         raise BenchError(f"--results {results}: {existing} is a file, not a folder; pass --results DIR")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise BenchError(f"--results {results}: {existing} is not writable; pass --results DIR in a folder you can write")
+        raise BenchError(
+            f"--results {results}: {existing} is not writable; pass --results DIR in a folder you can write"
+        )
 
 
 def _check_device(device: str) -> None:

@@ -86,6 +86,7 @@ def check_source(source: DataSource, root: Path, jobs: int = DEFAULT_JOBS,
     check.findings += _size_findings(check.sizes, source.expected)
     check.findings += [Finding(ERROR, problem) for problem in label_problems(found.splits, source.num_classes)]
     check.findings += _coverage_findings(found, source.num_classes)
+
     def progress(done: int, total: int) -> None:
         if on_image is not None:
             on_image(source.name, done, total)
@@ -117,7 +118,7 @@ def _coverage_findings(found: Located, num_classes: int) -> list[Finding]:
 
 def _file_findings(found: Located, jobs: int, on_image: Callable[[int, int], None]) -> list[Finding]:
     paths = sorted({path for items in found.splits.values() for path, _ in items})
-    results = {}
+    results: dict[Path, tuple[str | None, str | None]] = {}
     on_image(0, len(paths))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for done, (path, result) in enumerate(zip(paths, pool.map(_inspect, paths)), 1):

@@ -150,7 +150,8 @@ def _tolerant(folder: Path, relative: str) -> Path:
     """`folder/relative` with each part matched as `PathLog` matches names; the literal path when a part is absent."""
     path = folder
     for part in Path(relative).parts:
-        match = [p for p in sorted(path.iterdir()) if p.is_dir() and _key(p.name) == _key(part)] if path.is_dir() else []
+        entries = sorted(path.iterdir()) if path.is_dir() else []
+        match = [entry for entry in entries if entry.is_dir() and _key(entry.name) == _key(part)]
         path = match[0] if match else path / part
     return path
 

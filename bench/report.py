@@ -65,18 +65,18 @@ def suites(recorded_groups: Iterable[str] = ()) -> list[Suite]:
     """One table per task family, learnt from the registries: groups as their families declare them
     (`bench.data.register_group`), tasks in registration order. A group that only records name (its family is not
     registered here, or declares no group) still gets a table, named after the part of its id before `/`."""
-    tasks: dict[str, list[str]] = defaultdict(list)
+    members: dict[str, list[str]] = defaultdict(list)
     for entry in TASKS.entries():
-        tasks[entry.obj.group].append(entry.name)
+        members[entry.obj.group].append(entry.name)
     declared = {entry.name: entry.obj for entry in TASK_GROUPS.entries()}
-    ids = list(dict.fromkeys([*declared, *tasks, *sorted(set(recorded_groups) - set(tasks) - set(declared))]))
+    ids = list(dict.fromkeys([*declared, *members, *sorted(set(recorded_groups) - set(members) - set(declared))]))
     families: dict[str, list[Group]] = defaultdict(list)
     titles: dict[str, str] = {}
     for gid in ids:
         family = gid.split("/")[0]
-        spec = declared.get(gid, TaskGroup(gid, gid.split("/")[-1], family))
-        titles.setdefault(family, spec.table_title)
-        families[family].append(Group(gid, spec.label, tuple(tasks[gid]), spec.summary_label or spec.label))
+        group = declared.get(gid, TaskGroup(gid, gid.split("/")[-1], family))
+        titles.setdefault(family, group.table_title)
+        families[family].append(Group(gid, group.label, tuple(members[gid]), group.summary_label or group.label))
     made = []
     for family, groups in families.items():
         if len(groups) == 1:  # a single group's column is the table's mean
@@ -99,7 +99,9 @@ def load_runs(source: str | Path | Store) -> pd.DataFrame:
     records = [r for r in store.records()
                if r.get("status") == "done" and r["spec"].get("stage", "fixed") in TEST_STAGES]
     if not records:
-        raise BenchError(f"no finished runs in {store.runs}; run `bench run --results {store.root}` first or pass --results DIR")
+        raise BenchError(
+            f"no finished runs in {store.runs}; run `bench run --results {store.root}` first or pass --results DIR"
+        )
     runs = pd.DataFrame([flatten(r) for r in records])
     runs["acc"] = runs["test_acc"]
     runs["nmi"] = [r.get("curves", {}).get("nmi") for r in records]
