@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -291,12 +293,19 @@ def _read_state(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        # torch warns about pickle protocols it did not write; the errors below say what matters, in one line.
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path, str(exc))
+        if not unsafe:
+            raise BenchError(f"cannot read checkpoint {path} (not a valid torch pickle); expected a torch "
+                             ".pth/.pth.tar, .safetensors or .npz file") from None
         raise BenchError(
-            f"refusing to load checkpoint {path}: it pickles {_unsafe_globals(path)}, which could run code on loading; "
-            "bench loads only tensors, containers and argparse.Namespace. Convert it to .safetensors where you trust it"
+            f"refusing to load checkpoint {path}: it pickles {', '.join(unsafe[:3])}{', ...' if len(unsafe) > 3 else ''}"
+            ", which could run code on loading; bench loads only tensors, containers and argparse.Namespace. Convert "
+            "it to .safetensors where you trust it"
         ) from None
     except Exception as exc:  # torch raises many types on a file that is not its own
         raise BenchError(
@@ -319,14 +328,15 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def _unsafe_globals(path: Path) -> str:
-    """The globals the file would import, read from the pickle's opcodes without executing any of them."""
+def _unsafe_globals(path: Path, error: str) -> list[str]:
+    """The globals a refused file would import: read from a zip checkpoint's pickle opcodes without executing any,
+    else from torch's refusal (legacy files); empty when the file is simply not a pickle."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # a file too broken to scan has already failed to load; say so without the names
-        names = []
-    names = [n for n in names if n not in {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}]
-    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names else "objects other than tensors"
+    except Exception:  # not torch's zip format: a legacy file, or no checkpoint at all
+        names = re.findall(r"GLOBAL ([\w.]+)", error)
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    return [name for name in dict.fromkeys(names) if name not in allowed]
 
 
 def unwrap_state_dict(raw: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
