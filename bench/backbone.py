@@ -302,9 +302,9 @@ def _read_state(path: Path) -> dict[str, Any]:
         if not unsafe:
             raise BenchError(f"cannot read checkpoint {path} (not a valid torch pickle); expected a torch "
                              ".pth/.pth.tar, .safetensors or .npz file") from None
+        shown = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
         raise BenchError(
-            f"refusing to load checkpoint {path}: it pickles {', '.join(unsafe[:3])}{', ...' if len(unsafe) > 3 else ''}"
-            ", which could run code on loading; bench loads only tensors, containers and argparse.Namespace. Convert "
+            f"refusing to load checkpoint {path}: it pickles {shown}, which could run code on loading; bench loads only tensors, containers and argparse.Namespace. Convert "
             "it to .safetensors where you trust it"
         ) from None
     except Exception as exc:  # torch raises many types on a file that is not its own
