@@ -304,8 +304,8 @@ def _read_state(path: Path) -> dict[str, Any]:
                              ".pth/.pth.tar, .safetensors or .npz file") from None
         shown = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
         raise BenchError(
-            f"refusing to load checkpoint {path}: it pickles {shown}, which could run code on loading; bench loads only tensors, containers and argparse.Namespace. Convert "
-            "it to .safetensors where you trust it"
+            f"refusing to load checkpoint {path}: it pickles {shown}, which could run code on loading; bench loads "
+            "only tensors, containers and argparse.Namespace. Convert it to .safetensors where you trust it"
         ) from None
     except Exception as exc:  # torch raises many types on a file that is not its own
         raise BenchError(
