@@ -68,6 +68,7 @@ ERRORS = {
     "garbage-weights": (["--weights", "{tmp}/garbage.pth"], "cannot read checkpoint"),
     "wrong-keys-weights": (["--weights", "{tmp}/resnet.pth"], "does not fit"),
     "crafted-weights": (["--weights", "{tmp}/crafted.pth"], "refusing to load checkpoint"),
+    "crafted-weights-dry-run": (["--weights", "{tmp}/crafted.pth", "--dry-run"], "refusing to load checkpoint"),
     "missing-image": (["--tasks", "dogs", "--data-root", "{tmp}/data"], "1 listed image(s) missing"),
     "results-is-a-file": (["--results", "{tmp}/a_file/results"], "is a file, not a folder"),
 }
