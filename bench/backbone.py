@@ -8,8 +8,11 @@ checkpoint filter when the checkpoint was trained at another resolution.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -279,7 +282,16 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> tuple[str, str]:
     raw = _read_state(path)
     state, fmt = unwrap_state_dict(raw)
     state = {k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY_PREFIXES)}
-    state = checkpoint_filter_fn(state, model)
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd or not state:
+        what = f"non-tensor entries ({_short(odd)})" if odd else "no weights"
+        raise BenchError(f"checkpoint {path} ({fmt} form) holds {what} where a ViT state dict was expected; "
+                         "pass a timm, MAE or MoCo-v3 ViT checkpoint")
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except Exception as exc:  # timm's converter assumes ViT keys; anything else fails inside it in many ways
+        raise BenchError(f"checkpoint {path} ({fmt} form) does not convert to a timm ViT ({type(exc).__name__}: "
+                         f"{exc}); pass a timm, MAE or MoCo-v3 ViT checkpoint") from None
     own = model.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
     if wrong:
@@ -296,18 +308,30 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> tuple[str, str]:
     return fmt, sha
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+# What MAE and MoCo-v3 training checkpoints pickle beside their tensors (MAE: the run's argparse namespace). Nothing
+# else is let through: unpickling any other global can run arbitrary code, whoever made the file.
+SAFE_GLOBALS = (argparse.Namespace,)
 
-            return load_file(str(path))
-        try:
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        # torch warns about pickle protocols it did not write; the errors below say what matters, in one line.
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # MAE and MoCo-v3 files pickle their argparse namespace beside the weights; the user chose this file.
-            raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch and safetensors raise many types on a file that is not theirs
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path, str(exc))
+        if not unsafe:
+            raise BenchError(f"cannot read checkpoint {path} (not a valid torch pickle); expected a torch "
+                             ".pth/.pth.tar, .safetensors or .npz file") from None
+        shown = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
+        raise BenchError(
+            f"refusing to load checkpoint {path}: it pickles {shown}, which could run code on loading; bench loads "
+            "only tensors, containers and argparse.Namespace. Convert it to .safetensors where you trust it"
+        ) from None
+    except Exception as exc:  # torch raises many types on a file that is not its own
         raise BenchError(
             f"cannot read checkpoint {path} ({type(exc).__name__}); expected a torch .pth/.pth.tar, .safetensors "
             "or .npz file"
@@ -315,6 +339,28 @@ def _read_state(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise BenchError(f"checkpoint {path} holds a {type(raw).__name__}, not a state dict; pass a ViT checkpoint")
     return raw
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own and OS errors on a file that is not its own
+        raise BenchError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}); expected a .safetensors file"
+        ) from None
+
+
+def _unsafe_globals(path: Path, error: str) -> list[str]:
+    """The globals a refused file would import: read from a zip checkpoint's pickle opcodes without executing any,
+    else from torch's refusal (legacy files); empty when the file is simply not a pickle."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not torch's zip format: a legacy file, or no checkpoint at all
+        names = re.findall(r"GLOBAL ([\w.]+)", error)
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    return [name for name in dict.fromkeys(names) if name not in allowed]
 
 
 def unwrap_state_dict(raw: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:

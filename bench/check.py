@@ -17,7 +17,7 @@ from typing import Any
 from bench import BenchError
 from bench.backbone import DEFAULT_BACKBONE
 from bench.config import RunSpec
-from bench.scheduler import Execution, Grid, Progress, execute
+from bench.scheduler import Execution, Grid, GridEvents, execute
 from bench.store import Store
 
 DEFAULT_BASELINE = Path("results/baselines/check.json")
@@ -61,7 +61,7 @@ def read_baseline(path: Path) -> dict[str, Any]:
 
 
 def run_check(
-    baseline_path: Path, tolerance: float, update: bool, progress: Progress, results: Path | None = None
+    baseline_path: Path, tolerance: float, update: bool, progress: GridEvents, results: Path | None = None
 ) -> list[CheckRow]:
     """Recompute the baseline's runs (the default subset when updating) and compare them with the baseline."""
     baseline = None if update else read_baseline(baseline_path)

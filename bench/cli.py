@@ -6,6 +6,7 @@ Every error a user can cause ends as one line on stderr and exit status 2, never
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,10 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="find each task's files, check splits, labels and images")
     check.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
     check.add_argument("--tasks", default="fgvc,vtab", help="comma list, aliases, globs (default fgvc,vtab)")
+    check.add_argument("--jobs", type=_positive, default=None,
+                       help="threads reading and decoding images (default 8)")
     return parser
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    _registries()  # the task families declare the report's tables: their groups, labels and task order
     from bench.report import build_report, to_rich
 
     pair = None
@@ -233,9 +237,19 @@ def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_data(args: argparse.Namespace, console: Console) -> int:
-    from bench.datacheck import check_tasks, render
+    from bench.datacheck import DEFAULT_JOBS, check_tasks, render
 
-    checks = check_tasks(_registries()["tasks"].resolve(args.tasks), args.data_root)
+    names = _registries()["tasks"].resolve(args.tasks)
+    with RichProgress(*RichProgress.get_default_columns(), console=console, transient=True,
+                      disable=not console.is_terminal) as bar:
+        bars: dict[str, Any] = {}
+
+        def on_image(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = bar.add_task(f"{task}: reading images", total=total)
+            bar.update(bars[task], completed=done)
+
+        checks = check_tasks(names, args.data_root, args.jobs or DEFAULT_JOBS, on_image)
     render(checks, console)
     return 0 if all(check.usable for check in checks) else 1
 
@@ -277,21 +291,26 @@ def _print_recipes(registry: Any, console: Console) -> None:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     registries = _registries()
-    from bench.backbone import backbone_entry
+    from bench.backbone import load_backbone
     from bench.progress import GridDisplay
     from bench.scheduler import Execution, Grid, execute, final_specs, parse_sets, select_best
     from bench.store import Store, summarise
 
+    # Every input is checked before the first run, so a bad one is one line and exit 2 with nothing written, never a
+    # grid of failed records.
     if args.weights is not None and not args.weights.is_file():
         raise BenchError(f"--weights {args.weights} does not exist; pass a checkpoint file")
     _check_device(args.device)
     if args.backend == "dask" and not args.scheduler:
         raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
+    _check_writable(args.results)
     method_names = registries["methods"].resolve(args.methods)
     task_names = registries["tasks"].resolve(args.tasks)
     backbones = [name.strip() for name in args.backbone.split(",") if name.strip()]
     for name in backbones:
-        backbone_entry(name)
+        # Building the backbone once reads its checkpoint as every run would: safe to unpickle, a ViT of this
+        # width, keys that convert; or finds its hub or packaged weights.
+        load_backbone(name, args.weights)
     sweeps = parse_sets(args.sets)
     if args.epochs is not None:
         sweeps["epochs"] = [str(args.epochs)]
@@ -377,6 +396,17 @@ def _frame_table(frame: Any, title: str) -> Table:
     for row in frame.itertuples(index=False):
         table.add_row(*(str(value) for value in row))
     return table
+
+
+def _check_writable(results: Path) -> None:
+    """Fail now, not at the first record, when `results` cannot be created or written (nothing is created here)."""
+    existing = next(p for p in [results, *results.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise BenchError(f"--results {results}: {existing} is a file, not a folder; pass --results DIR")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(
+            f"--results {results}: {existing} is not writable; pass --results DIR in a folder you can write"
+        )
 
 
 def _check_device(device: str) -> None:

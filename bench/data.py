@@ -114,6 +114,30 @@ def register_task(task: Task, description: str) -> Task:
     return TASKS.register(task.name, task, description)
 
 
+@dataclass(frozen=True)
+class TaskGroup:
+    """How the report presents a group of tasks; declared by the task family's file, beside its tasks.
+
+    Attributes:
+        id: the tasks' `Task.group` (`vtab/natural`); the part before `/` names the family's table (`vtab`).
+        label: the group's column in its family's table (`Natural`); a family of one group shows `Mean` there.
+        table_title: the family's table title (`VTAB-1k`).
+        summary_label: the group's column in the summary table; `label` when empty.
+    """
+
+    id: str
+    label: str
+    table_title: str
+    summary_label: str = ""
+
+
+TASK_GROUPS: Registry[TaskGroup] = Registry("task group")
+
+
+def register_group(group: TaskGroup) -> TaskGroup:
+    return TASK_GROUPS.register(group.id, group, group.label)
+
+
 class Preprocess(nn.Module):
     """uint8 batch → float batch at the backbone's resolution, normalised with the backbone's mean and std."""
 

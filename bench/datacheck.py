@@ -13,6 +13,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 from rich.console import Console
@@ -50,8 +51,15 @@ class TaskCheck:
         return not any(f.level == ERROR for f in self.findings)
 
 
-def check_tasks(names: list[str], data_root: Path | None) -> list[TaskCheck]:
-    """Check each task; tasks generated in memory have nothing on disk and pass."""
+# Called as images are read: (task, images read so far, images listed for the task).
+OnImage = Callable[[str, int, int], None]
+DEFAULT_JOBS = 8  # threads: PIL decodes and hashlib hashes without the GIL, and on network disks reads overlap
+
+
+def check_tasks(names: list[str], data_root: Path | None, jobs: int = DEFAULT_JOBS,
+                on_image: OnImage | None = None) -> list[TaskCheck]:
+    """Check each task, reading its images on `jobs` threads; tasks generated in memory have nothing on disk and
+    pass."""
     root = None
     checks = []
     for name in names:
@@ -60,11 +68,12 @@ def check_tasks(names: list[str], data_root: Path | None) -> list[TaskCheck]:
             checks.append(TaskCheck(name, layout="built in", findings=[Finding(NOTE, "generated in memory")]))
             continue
         root = root or resolve_data_root(data_root)
-        checks.append(check_source(source, root))
+        checks.append(check_source(source, root, jobs, on_image))
     return checks
 
 
-def check_source(source: DataSource, root: Path) -> TaskCheck:
+def check_source(source: DataSource, root: Path, jobs: int = DEFAULT_JOBS,
+                 on_image: OnImage | None = None) -> TaskCheck:
     check = TaskCheck(source.name, expected=dict(source.expected))
     try:
         found = source.locate(root)
@@ -77,7 +86,12 @@ def check_source(source: DataSource, root: Path) -> TaskCheck:
     check.findings += _size_findings(check.sizes, source.expected)
     check.findings += [Finding(ERROR, problem) for problem in label_problems(found.splits, source.num_classes)]
     check.findings += _coverage_findings(found, source.num_classes)
-    check.findings += _file_findings(found)
+
+    def progress(done: int, total: int) -> None:
+        if on_image is not None:
+            on_image(source.name, done, total)
+
+    check.findings += _file_findings(found, jobs, progress)
     return check
 
 
@@ -102,10 +116,14 @@ def _coverage_findings(found: Located, num_classes: int) -> list[Finding]:
     return findings
 
 
-def _file_findings(found: Located) -> list[Finding]:
+def _file_findings(found: Located, jobs: int, on_image: Callable[[int, int], None]) -> list[Finding]:
     paths = sorted({path for items in found.splits.values() for path, _ in items})
-    with ThreadPoolExecutor(max_workers=8) as pool:  # PIL releases the GIL while decoding
-        results = dict(zip(paths, pool.map(_inspect, paths)))
+    results: dict[Path, tuple[str | None, str | None]] = {}
+    on_image(0, len(paths))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for done, (path, result) in enumerate(zip(paths, pool.map(_inspect, paths)), 1):
+            results[path] = result
+            on_image(done, len(paths))
     findings = []
     missing = [p for p, (_, error) in results.items() if error == "missing"]
     broken = [p for p, (_, error) in results.items() if error not in (None, "missing")]

@@ -46,7 +46,7 @@ def _key(name: str) -> str:
 class PathLog:
     """Looks up children by tolerant name and remembers every path it tried, for the not-found message.
 
-    Lookups chain (`probe.file(probe.dir(root, names), ...)`); below a folder that was not found the probe still
+    Lookups chain (`lookup.file(lookup.dir(root, names), ...)`); below a folder that was not found the log still
     records what it would have looked for (`root/{a,b}/train.json`), so the message names the files, not just the
     first folder that was missing.
     """
@@ -136,13 +136,24 @@ def remap_contiguous(splits: dict[str, dict[str, int]], base: Path) -> dict[str,
     return {name: [(base / rel, index[cid]) for rel, cid in mapping.items()] for name, mapping in splits.items()}
 
 
-def image_base(folder: Path, candidates: Sequence[str], first: str, probe: PathLog) -> Path:
-    """The first of `folder/<candidate>` and `folder` under which the list's first image exists."""
-    for base in [*(folder / c for c in candidates), folder]:
-        probe.tried.append(str(base / first))
+def image_base(folder: Path, candidates: Sequence[str], first: str, lookup: PathLog) -> Path:
+    """The first of `folder/<candidate>` and `folder` under which the list's first image exists; candidate folders
+    match whatever their case (`Dogs/images` in SPT's release, `Dogs/Images` in the Stanford archive)."""
+    for base in [*(_tolerant(folder, c) for c in candidates), folder]:
+        lookup.tried.append(str(base / first))
         if (base / first).is_file():
             return base
-    raise BenchError(f"images listed for {folder} not found; looked for {probe.describe()}")
+    raise BenchError(f"images listed for {folder} not found; looked for {lookup.describe()}")
+
+
+def _tolerant(folder: Path, relative: str) -> Path:
+    """`folder/relative` with each part matched as `PathLog` matches names; the literal path when a part is absent."""
+    path = folder
+    for part in Path(relative).parts:
+        entries = sorted(path.iterdir()) if path.is_dir() else []
+        match = [entry for entry in entries if entry.is_dir() and _key(entry.name) == _key(part)]
+        path = match[0] if match else path / part
+    return path
 
 
 def stratified_holdout(items: list[Item], holdout: int, seed: int) -> tuple[list[Item], list[Item]]:
@@ -217,6 +228,12 @@ class DataSource:
         for split, items in found.splits.items():
             if not items:
                 raise BenchError(f"{self.name}: the {split} split in {found.lists.get(split, found.folder)} is empty")
+        # A stat per listed image (well under a second for FGVC's largest lists): a missing file fails here, before
+        # training, rather than in the middle of an epoch.
+        missing = [path for items in found.splits.values() for path, _ in items if not path.is_file()]
+        if missing:
+            raise BenchError(f"{self.name}: {len(missing)} listed image(s) missing, e.g. {missing[0]}; run "
+                             f"`bench data check --tasks {self.name}` for details")
         splits = {
             split: FileSplit(found.splits[split], self.transforms, cache=self.cache_train and split != "test")
             for split in ("train", "val", "test")
@@ -234,13 +251,13 @@ class DataSource:
 
     def locate(self, root: Path) -> Located:
         """The first layout that matches, with train, val and test (derived when the layout lacks them)."""
-        probe = PathLog()
+        lookup = PathLog()
         for finder in self.finders:
-            found = finder(root, probe)
+            found = finder(root, lookup)
             if found is not None:
                 return self._complete(found)
         raise BenchError(
-            f"task {self.name} not found under {root}; looked for: {probe.describe()}. "
+            f"task {self.name} not found under {root}; looked for: {lookup.describe()}. "
             f"Put the dataset there in one of the layouts in the README, or point --data-root/{DATA_ENV} elsewhere"
         )
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.report import SUITES
+from bench.report import suites
 
 PUBLISHED = Path(__file__).parent / "published.csv"
 COLUMNS = ["backbone", "method", "scope", "paper", "this run", "difference", "source"]
@@ -27,7 +27,7 @@ COLUMNS = ["backbone", "method", "scope", "paper", "this run", "difference", "so
 
 def scope_tasks(scope: str) -> tuple[str, ...]:
     """The tasks whose per-task means a scope averages."""
-    groups = {g.id: g.tasks for suite in SUITES for g in suite.groups}
+    groups = {g.id: g.tasks for suite in suites() for g in suite.groups}
     if scope in groups:
         return groups[scope]
     return tuple(t for gid, tasks in groups.items() if gid.startswith(f"{scope}/") for t in tasks)

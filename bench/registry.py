@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, TypeVar
 
@@ -92,3 +94,18 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, self._all_names(), n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return f"unknown {self.kind} {name!r}; valid: {', '.join(self._all_names())}.{hint}"
+
+
+def import_family_files(package: str, path: Iterable[str]) -> list[str]:
+    """Import every public module of a package, in name order: `methods/` and `tasks/` register their entries on
+    import, so a new method or task family is one new file, with no import line to add anywhere (lm-evaluation-
+    harness finds its tasks by walking folders). Modules whose name starts with `_` are helpers and are skipped.
+
+    Args:
+        package: the package's dotted name (its `__name__`).
+        path: the package's `__path__`.
+    """
+    names = [f"{package}.{info.name}" for info in pkgutil.iter_modules(path) if not info.name.startswith("_")]
+    for name in names:
+        importlib.import_module(name)
+    return names

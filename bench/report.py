@@ -1,7 +1,8 @@
 """`bench report`: the tables and figures of a PEFT paper, built only from finished records in the results store.
 
-Tables follow VPT's and SPT's layout (Jia et al., ECCV 2022; Wang et al., ICML 2024): one per suite (FGVC, VTAB-1k,
-the offline micro suite) and a summary of backbone × method → group means, each written as LaTeX (booktabs),
+Tables follow VPT's and SPT's layout (Jia et al., ECCV 2022; Wang et al., ICML 2024): one per task family (FGVC,
+VTAB-1k, the offline micro suite; groups, labels and task order as each family's file declares them) and a summary of
+backbone × method → group means, each written as LaTeX (booktabs),
 Markdown and CSV with the same numbers. Figures follow SPT's: NMI between prompts and patch tokens per epoch
 (Figure 2), the prompt-initialisation ablation (3a), prompt length (3c), backbone size (3d), training-data fraction
 (4), and accuracy against learnable parameters. A figure or table whose records are absent is skipped with a note.
@@ -23,13 +24,14 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from bench import BenchError
+from bench.data import TASK_GROUPS, TASKS, TaskGroup
 from bench.store import Store, flatten, variant_labels
 
 REFERENCE = "full"  # the method `[n]` compares against, as VPT's tables do
@@ -41,16 +43,17 @@ INIT_ORDER = ("random", "sampled", "mean", "max", "kmeans")
 
 @dataclass(frozen=True)
 class Group:
-    """A task group: its id in records (`record['task']['group']`), its column label and its canonical task order."""
+    """A task group: its id in records (`record['task']['group']`), its column labels and its task order."""
 
     id: str
     label: str
     tasks: tuple[str, ...]
+    summary_label: str
 
 
 @dataclass(frozen=True)
 class Suite:
-    """One paper table. `overall` labels the mean of the group means; None when the suite has a single group."""
+    """One paper table: a task family. `overall` labels the mean of the group means; None for a single group."""
 
     key: str
     title: str
@@ -58,50 +61,47 @@ class Suite:
     overall: str | None = None
 
 
-SUITES = (
-    Suite("fgvc", "FGVC", (Group("fgvc", "Mean", ("cub", "nabirds", "flowers", "dogs", "cars")),)),
-    Suite(
-        "vtab",
-        "VTAB-1k",
-        (
-            Group("vtab/natural", "Natural",
-                  ("cifar100", "caltech101", "dtd", "flowers102", "pets", "svhn", "sun397")),
-            Group("vtab/specialized", "Specialized", ("camelyon", "eurosat", "resisc45", "retinopathy")),
-            Group("vtab/structured", "Structured",
-                  ("clevr-count", "clevr-dist", "dmlab", "kitti-dist", "dsprites-loc", "dsprites-ori",
-                   "smallnorb-azi", "smallnorb-ele")),
-        ),
-        overall="Mean",
-    ),
-    Suite(
-        "micro",
-        "Micro suite",
-        (
-            Group("micro/real", "Real", ("digits", "mnist5k")),
-            Group("micro/structured", "Structured", ("sprites-loc", "sprites-ori", "shapes-count")),
-        ),
-        overall="Mean",
-    ),
-)
-SUMMARY_LABELS = {"fgvc": "FGVC", "vtab/natural": "Natural", "vtab/specialized": "Specialized",
-                  "vtab/structured": "Structured", "micro/real": "Micro real", "micro/structured": "Micro structured"}
+def suites(recorded_groups: Iterable[str] = ()) -> list[Suite]:
+    """One table per task family, learnt from the registries: groups as their families declare them
+    (`bench.data.register_group`), tasks in registration order. A group that only records name (its family is not
+    registered here, or declares no group) still gets a table, named after the part of its id before `/`."""
+    members: dict[str, list[str]] = defaultdict(list)
+    for entry in TASKS.entries():
+        members[entry.obj.group].append(entry.name)
+    declared = {entry.name: entry.obj for entry in TASK_GROUPS.entries()}
+    ids = list(dict.fromkeys([*declared, *members, *sorted(set(recorded_groups) - set(members) - set(declared))]))
+    families: dict[str, list[Group]] = defaultdict(list)
+    titles: dict[str, str] = {}
+    for gid in ids:
+        family = gid.split("/")[0]
+        group = declared.get(gid, TaskGroup(gid, gid.split("/")[-1], family))
+        titles.setdefault(family, group.table_title)
+        families[family].append(Group(gid, group.label, tuple(members[gid]), group.summary_label or group.label))
+    made = []
+    for family, groups in families.items():
+        if len(groups) == 1:  # a single group's column is the table's mean
+            groups = [Group(groups[0].id, "Mean", groups[0].tasks, groups[0].summary_label)]
+        made.append(Suite(family, titles[family], tuple(groups), "Mean" if len(groups) > 1 else None))
+    return made
 
 
 # --- records -------------------------------------------------------------------------------------------------------
 
 
-def load_runs(root: str | Path) -> pd.DataFrame:
+def load_runs(source: str | Path | Store) -> pd.DataFrame:
     """One row per finished run that read the test split: the store's flat row (spec, `hp.*`, metrics, params,
-    wall-clock) plus its variant label and NMI curve.
+    wall-clock) plus its variant label and NMI curve. Unreadable records are set aside (see `Store.set_aside`).
 
     Raises:
         BenchError: the store holds no such run.
     """
-    store = Store(root)
+    store = source if isinstance(source, Store) else Store(source)
     records = [r for r in store.records()
                if r.get("status") == "done" and r["spec"].get("stage", "fixed") in TEST_STAGES]
     if not records:
-        raise BenchError(f"no finished runs in {store.runs}; run `bench run --results {root}` first or pass --results DIR")
+        raise BenchError(
+            f"no finished runs in {store.runs}; run `bench run --results {store.root}` first or pass --results DIR"
+        )
     runs = pd.DataFrame([flatten(r) for r in records])
     runs["acc"] = runs["test_acc"]
     runs["nmi"] = [r.get("curves", {}).get("nmi") for r in records]
@@ -233,12 +233,10 @@ def _rank(rows: list[tuple[str, str, dict[str, Cell]]], keys: Sequence[str]) -> 
 
 def summary_table(runs: pd.DataFrame) -> Table:
     """Backbone × method → mean accuracy of every task group that has records (the paper's summary table)."""
-    known = [g for suite in SUITES for g in suite.groups]
     present = set(runs["group"].dropna())
-    groups = [g for g in known if g.id in present]
-    groups += [Group(gid, gid, ()) for gid in sorted(present - {g.id for g in known})]
+    groups = [g for suite in suites(present) for g in suite.groups if g.id in present]
     tasks = {g.id: _group_tasks(g, runs) for g in groups}
-    columns = [Column(f"mean:{g.id}", SUMMARY_LABELS.get(g.id, g.id)) for g in groups]
+    columns = [Column(f"mean:{g.id}", g.summary_label) for g in groups]
     rows = []
     for (backbone, variant), cells in sorted(_cells(runs).items()):
         rows.append((backbone, variant, {f"mean:{g.id}": _mean_of(cells, tasks[g.id]) for g in groups}))
@@ -406,27 +404,51 @@ def fig_nmi(runs: pd.DataFrame, out: Path) -> list[Path] | str:
     return _save(fig, out, "nmi_vs_epoch")
 
 
-def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
-    """Figure 3a: accuracy per prompt initialisation, construction wall-clock annotated on each bar."""
+def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
+    """Per (series, init): accuracy over the tasks every init of the series has, as the mean over seeds of each
+    seed's task mean, with the sample std (n − 1) over seeds and their count; and the construction wall-clock.
+
+    Returns a note instead when fewer than two initialisations are recorded.
+    """
     have = runs[runs["hp.init"].notna()].copy() if "hp.init" in runs else runs.iloc[:0]
     if have.empty or have["hp.init"].nunique() < 2:
         return "init ablation skipped: fewer than two prompt initialisations recorded"
     have["init"] = have["hp.init"]
     have["series"] = _series_label(have, exclude="init")
-    inits = [i for i in INIT_ORDER if i in set(have["init"])] + sorted(set(have["init"]) - set(INIT_ORDER))
-    series = sorted(have["series"].unique())
+    parts = []
+    for name, frame in have.groupby("series"):
+        per_seed = _on_common_tasks(frame, "init").groupby(["init", "seed"]).agg(
+            acc=("acc", "mean"), secs=("wallclock.prompt_construction", "mean"))
+        stats = per_seed.groupby("init").agg(acc=("acc", "mean"), std=("acc", "std"), seeds=("acc", "size"),
+                                             secs=("secs", "mean"))
+        parts.append(stats.assign(series=name).reset_index())
+    return pd.concat(parts).set_index(["series", "init"])
+
+
+def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Figure 3a: accuracy per prompt initialisation, ± std over seeds, construction wall-clock on each bar."""
+    stats = init_ablation_stats(runs)
+    if isinstance(stats, str):
+        return stats
+    recorded = set(stats.index.get_level_values("init"))
+    inits = [i for i in INIT_ORDER if i in recorded] + sorted(recorded - set(INIT_ORDER))
+    series = sorted(set(stats.index.get_level_values("series")))
     fig, ax = _figure()
     width = 0.8 / len(series)
     for i, name in enumerate(series):
-        stats = _on_common_tasks(have[have["series"] == name], "init").groupby("init").agg(acc=("acc", "mean"), secs=("wallclock.prompt_construction", "mean"))
-        stats = stats.reindex([x for x in inits if x in stats.index])
-        xs = np.array([inits.index(x) for x in stats.index]) + (i - (len(series) - 1) / 2) * width
-        bars = ax.bar(xs, stats["acc"], width, label=name, hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black")
-        for bar, secs in zip(bars, stats["secs"]):
-            ax.annotate(f"{secs:.2f}s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        mine = stats.loc[name]
+        mine = mine.reindex([x for x in inits if x in mine.index])
+        xs = np.array([inits.index(x) for x in mine.index]) + (i - (len(series) - 1) / 2) * width
+        # A single seed has no spread to show: no whisker rather than a zero-length one that reads as certainty.
+        spread = mine["std"].where(mine["seeds"] > 1)
+        bars = ax.bar(xs, mine["acc"], width, yerr=spread, capsize=2, label=name,
+                      hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black", error_kw={"elinewidth": 0.8})
+        for bar, secs, above in zip(bars, mine["secs"], spread.fillna(0.0)):
+            ax.annotate(f"{secs:.2f}s", (bar.get_x() + bar.get_width() / 2, bar.get_height() + above),
                         ha="center", va="bottom", fontsize="xx-small")
     ax.set_xticks(range(len(inits)), inits)
-    ax.set(xlabel="prompt initialisation (label: construction wall-clock)", ylabel="test accuracy (%)")
+    ax.set(xlabel="prompt initialisation (label: construction wall-clock)",
+           ylabel="test accuracy (%)\n(mean ± sample std over seeds)")
     _legend(ax)
     return _save(fig, out, "init_ablation")
 
@@ -564,7 +586,8 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
-    runs = load_runs(results)
+    store = Store(results)
+    runs = load_runs(store)
     comparison = compare(runs, *compare_pair) if compare_pair else None  # a bad name fails before anything is written
     out = Path(out)
     try:
@@ -572,8 +595,9 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     except OSError as exc:
         raise BenchError(f"cannot create report directory {out}: {exc.strerror}; pass --out DIR") from None
     paths: list[Path] = []
-    notes: list[str] = []
-    for suite in SUITES:
+    notes = [f"skipped unreadable record {path.name} (set aside; rerun `bench run` to recompute it)"
+             for path in store.set_aside]
+    for suite in suites(runs["group"].dropna()):
         table = suite_table(suite, runs)
         if table is None:
             notes.append(f"{suite.title} table skipped: no records in its groups ({', '.join(g.id for g in suite.groups)})")

@@ -124,7 +124,7 @@ class Outcome:
     error: str | None = None
 
 
-class Progress:
+class GridEvents:
     """What a grid reports while it runs; the CLI renders it. Epoch events arrive only for in-process runs."""
 
     def grid_started(self, title: str, total: int, skipped: int) -> None: ...
@@ -144,7 +144,7 @@ class Execution:
     device: str = "cpu"
     jobs: int = 1
     backend: str = "loky"  # loky | dask
-    scheduler: str | None = None  # dask scheduler address, tcp://HOST:PORT
+    dask_address: str | None = None  # the Dask scheduler's address, tcp://HOST:PORT
     data_root: Path | None = None
     retry_failed: bool = False
 
@@ -158,7 +158,7 @@ class GridResult:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
-def execute(specs: list[RunSpec], execution: Execution, progress: Progress, title: str = "runs") -> GridResult:
+def execute(specs: list[RunSpec], execution: Execution, progress: GridEvents, title: str = "runs") -> GridResult:
     """Run every spec not already finished; each run writes its own record (done or failed) where it executes."""
     pending = [spec for spec in specs if not execution.finished(spec)]
     progress.grid_started(title, len(specs), len(specs) - len(pending))
@@ -195,21 +195,21 @@ def _parallel_backend(execution: Execution) -> Iterator[None]:
     if execution.backend == "loky":
         yield
         return
-    if not execution.scheduler:
+    if not execution.dask_address:
         raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
     try:
         from dask.distributed import Client
     except ImportError:
         raise BenchError("--backend dask needs dask.distributed; install it with pip install -e '.[dask]'") from None
     try:
-        client = Client(execution.scheduler, timeout="10s")
+        client = Client(execution.dask_address, timeout="10s")
     except OSError as exc:
-        raise BenchError(f"cannot reach the Dask scheduler at {execution.scheduler}: {exc}") from None
+        raise BenchError(f"cannot reach the Dask scheduler at {execution.dask_address}: {exc}") from None
     with client, parallel_config(backend="dask"):
         yield
 
 
-def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks: Progress | None) -> Outcome:
+def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks: GridEvents | None) -> Outcome:
     lock = FileLock(str(execution.store.root / "locks" / f"{spec.run_id}.lock"))
     (execution.store.root / "locks").mkdir(parents=True, exist_ok=True)
     try:

@@ -6,11 +6,13 @@ mid-write) never sees half a record.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -19,19 +21,68 @@ from bench import BenchError
 RECORDS = "runs"
 
 
+CORRUPT = ".corrupt"
+_REQUIRED = {"id": str, "status": str, "spec": dict}  # what every reader of a record relies on
+
+
+def warn_stderr(message: str) -> None:
+    print(f"bench: warning: {message}", file=sys.stderr, flush=True)
+
+
 class Store:
-    def __init__(self, root: str | Path) -> None:
+    """Records under `root/runs/`. A record that cannot be read (truncated, not JSON, not a record) is renamed
+    `<name>.corrupt` with one warning, and its run counts as not done: one bad file never blocks the directory.
+
+    Attributes:
+        set_aside: the files this store renamed, in order, for a report to mention.
+    """
+
+    def __init__(self, root: str | Path, warn: Callable[[str], None] = warn_stderr) -> None:
         self.root = Path(root)
         self.runs = self.root / RECORDS
+        self.warn = warn
+        self.set_aside: list[Path] = []
 
     def path(self, run_id: str) -> Path:
         return self.runs / f"{run_id}.json"
 
     def read(self, run_id: str) -> dict[str, Any] | None:
-        path = self.path(run_id)
-        if not path.exists():
+        return self._parse(self.path(run_id))
+
+    def _parse(self, path: Path) -> dict[str, Any] | None:
+        try:
+            inode = path.stat().st_ino
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
             return None
-        return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self._set_aside(path, inode, f"not valid JSON: {exc}")
+            return None
+        wrong = [key for key, kind in _REQUIRED.items() if not isinstance(record, dict)
+                 or not isinstance(record.get(key), kind)]
+        if not wrong and record["status"] == "done" and not isinstance(record.get("metrics"), dict):
+            wrong = ["metrics"]  # a finished run is selected and reported by its metrics
+        if wrong:
+            self._set_aside(path, inode, f"not a run record: no {', '.join(wrong)}")
+            return None
+        return record
+
+    def _set_aside(self, path: Path, inode: int, why: str) -> None:
+        target = path.with_name(path.name + CORRUPT)
+        for n in itertools.count(1):
+            if not target.exists():
+                break
+            target = path.with_name(f"{path.name}{CORRUPT}.{n}")
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:  # another process set it aside first
+            return
+        if target.stat().st_ino != inode:
+            # A run finished and wrote a good record in between reading the bad one and renaming it: put it back.
+            os.replace(target, path)
+            return
+        self.set_aside.append(target)
+        self.warn(f"set aside unreadable record {path} as {target.name} ({why}); its run counts as not done")
 
     def is_done(self, run_id: str) -> bool:
         record = self.read(run_id)
@@ -58,7 +109,7 @@ class Store:
     def records(self) -> list[dict[str, Any]]:
         if not self.runs.is_dir():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*.json"))]
+        return [record for p in sorted(self.runs.glob("*.json")) if (record := self._parse(p)) is not None]
 
     def load(self) -> pd.DataFrame:
         """All records as one row each: spec fields, hyper-parameters (`hp.*`), metrics and efficiency columns."""

@@ -1,3 +1,5 @@
-"""Tuning methods; importing this package registers every one of them."""
+"""Tuning methods, one file each; importing this package imports every file here, and each registers itself."""
 
-from methods import adaptformer, bitfit, full, ia3, linear, ln_tuning, lora, lycoris, prompt, ssf  # noqa: F401
+from bench.registry import import_family_files
+
+import_family_files(__name__, __path__)

@@ -1,3 +1,5 @@
-"""Task families; importing this package registers every task."""
+"""Task families, one file each; importing this package imports every file here, and each registers its tasks."""
 
-from tasks import fgvc, micro, vtab  # noqa: F401
+from bench.registry import import_family_files
+
+import_family_files(__name__, __path__)

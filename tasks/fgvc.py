@@ -5,7 +5,8 @@ Two on-disk layouts are read, detected in this order:
   are remapped onto 0..K-1 in sorted order; images under the dataset's usual image folder.
 - `fgvc-spt-txt`: `<relpath> <label>` text lists such as `cub200_{train,test}.txt`, in the dataset folder or the data
   root (SPT's release); without a val list, 10% of train is held out, class-stratified and seeded.
-A dataset folder is found under its archive name and the usual short names, ignoring case, `-` and `_`.
+A dataset folder, its image folder and its lists are found under SPT's names (`Dataset/FGVC.py`), the archives' and the
+usual short names, ignoring case, `-` and `_`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from torchvision import transforms as T
 
-from bench.data import TASKS, Task, register_task
+from bench.data import TASKS, Task, TaskGroup, register_group, register_task
 from bench.imagefiles import ImageTransforms
 from bench.layouts import DataSource, Located, PathLog, image_base, read_json_map, read_txt_list, remap_contiguous
 
@@ -50,48 +51,50 @@ class FgvcTask:
     test: int
 
 
+# Folder, image-folder and list names: SPT's own loader (`Dataset/FGVC.py` in SinAxCosB/Self-Prompt-Tuning) first,
+# as written there (`Flowes_` is its spelling), then the archives' and other repositories' names.
 FGVC = (
     FgvcTask("cub", 200, "CUB-200-2011: 200 bird species", ("CUB_200_2011", "cub", "cub200"), ("images",),
              ("cub200", "cub"), 5994, 5794),
-    FgvcTask("nabirds", 555, "NABirds: 555 North American bird categories", ("nabirds",), ("images",),
-             ("nabirds",), 23929, 24633),
+    FgvcTask("nabirds", 555, "NABirds: 555 North American bird categories", ("NABirds",), ("images",),
+             ("NABirds",), 23929, 24633),
     FgvcTask("flowers", 102, "Oxford Flowers-102: 102 flower species",
              ("Flowers", "flowers102", "OxfordFlowers", "oxford_flowers102"), ("102flowers/jpg", "jpg"),
-             ("Flowers", "Flowes", "flowers102"), 2040, 6149),
-    FgvcTask("dogs", 120, "Stanford Dogs: 120 dog breeds", ("Dogs", "StanfordDogs", "stanford_dogs"), ("Images",),
+             ("Flowes", "Flowers", "flowers102"), 2040, 6149),
+    FgvcTask("dogs", 120, "Stanford Dogs: 120 dog breeds", ("Dogs", "StanfordDogs", "stanford_dogs"), ("images",),
              ("Dogs", "StanfordDogs"), 12000, 8580),
     FgvcTask("cars", 196, "Stanford Cars: 196 car models", ("Cars", "StanfordCars", "stanford_cars", "car196"), (),
              ("Cars", "cars196"), 8144, 8041),
 )
 
 
-def find_vpt_json(task: FgvcTask, root: Path, probe: PathLog) -> Located | None:
-    folder = probe.dir(root, task.folders)
-    lists = {split: probe.file(folder, [f"{split}.json"]) for split in ("train", "val", "test")}
+def find_vpt_json(task: FgvcTask, root: Path, lookup: PathLog) -> Located | None:
+    folder = lookup.dir(root, task.folders)
+    lists = {split: lookup.file(folder, [f"{split}.json"]) for split in ("train", "val", "test")}
     if folder is None or lists["train"] is None or lists["test"] is None:
         return None
     found = {split: path for split, path in lists.items() if path is not None}
     mappings = {split: read_json_map(path) for split, path in found.items()}
     first = next(iter(mappings["train"]), "")
-    splits = remap_contiguous(mappings, image_base(folder, task.image_dirs, first, probe))
+    splits = remap_contiguous(mappings, image_base(folder, task.image_dirs, first, lookup))
     note = "class ids of the JSON files remapped onto 0..K-1 in sorted order"
     return Located("fgvc-vpt-json", folder, found, splits, [note])
 
 
-def find_spt_txt(task: FgvcTask, root: Path, probe: PathLog) -> Located | None:
-    folder = probe.dir(root, task.folders)
+def find_spt_txt(task: FgvcTask, root: Path, lookup: PathLog) -> Located | None:
+    folder = lookup.dir(root, task.folders)
     for where in (folder, root):
-        train = probe.file(where, [f"{prefix}_train.txt" for prefix in task.list_prefixes])
+        train = lookup.file(where, [f"{prefix}_train.txt" for prefix in task.list_prefixes])
         if train is None or folder is None:
             continue
         prefix = train.name[: -len("_train.txt")]
-        lists = {"train": train, "val": probe.file(where, [f"{prefix}_val.txt"]),
-                 "test": probe.file(where, [f"{prefix}_test.txt"])}
+        lists = {"train": train, "val": lookup.file(where, [f"{prefix}_val.txt"]),
+                 "test": lookup.file(where, [f"{prefix}_test.txt"])}
         if lists["test"] is None:
             return None
         found = {split: path for split, path in lists.items() if path is not None}
         listed = read_txt_list(train, Path())
-        base = image_base(folder, task.image_dirs, str(listed[0][0]) if listed else "", probe)
+        base = image_base(folder, task.image_dirs, str(listed[0][0]) if listed else "", lookup)
         return Located("fgvc-spt-txt", folder, found, {s: read_txt_list(p, base) for s, p in found.items()})
     return None
 
@@ -111,3 +114,4 @@ for _task in FGVC:
     register_task(Task(_task.name, "fgvc", _task.classes, _source(_task), epochs=100), _task.description)
 
 TASKS.alias("fgvc", [t.name for t in FGVC])
+register_group(TaskGroup("fgvc", "FGVC", "FGVC"))

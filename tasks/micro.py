@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import TASKS, Task, TaskData, TensorSplit, register_task
+from bench.data import TASKS, Task, TaskData, TaskGroup, TensorSplit, register_group, register_task
 
 SIZE = 32
 SPLIT_SIZES = {"train": 400, "val": 100, "test": 500}
@@ -163,3 +163,5 @@ for _task, _description in (
 TASKS.alias("micro", [t.name for t in TASKS.entries() if t.obj.group.startswith("micro/")])
 TASKS.alias("micro-real", [t.name for t in TASKS.entries() if t.obj.group == "micro/real"])
 TASKS.alias("micro-structured", [t.name for t in TASKS.entries() if t.obj.group == "micro/structured"])
+register_group(TaskGroup("micro/real", "Real", "Micro suite", "Micro real"))
+register_group(TaskGroup("micro/structured", "Structured", "Micro suite", "Micro structured"))

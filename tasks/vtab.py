@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torchvision import transforms as T
 
-from bench.data import TASKS, Task, register_task
+from bench.data import TASKS, Task, TaskGroup, register_group, register_task
 from bench.imagefiles import ImageTransforms
 from bench.layouts import DataSource, Located, PathLog, read_txt_list
 
@@ -68,31 +68,31 @@ VTAB = (
 )
 
 
-def _read_lists(layout: str, folder: Path | None, probe: PathLog) -> Located | None:
+def _read_lists(layout: str, folder: Path | None, lookup: PathLog) -> Located | None:
     """The task folder's lists; usable when test and a training pool (train800 + val200, or train800val200) exist."""
-    lists = {split: path for name, split in LISTS.items() if (path := probe.file(folder, [name])) is not None}
+    lists = {split: path for name, split in LISTS.items() if (path := lookup.file(folder, [name])) is not None}
     has_pool = "trainval" in lists or {"train", "val"} <= set(lists)
     if folder is None or "test" not in lists or not has_pool:
         return None
     return Located(layout, folder, lists, {split: read_txt_list(path, folder) for split, path in lists.items()})
 
 
-def _find_under_vtab(layout: str, group: str | None, task: VtabTask, root: Path, probe: PathLog) -> Located | None:
+def _find_under_vtab(layout: str, group: str | None, task: VtabTask, root: Path, lookup: PathLog) -> Located | None:
     """The task folder under each VTAB folder of the root (optionally inside its group folder) that has lists."""
-    for vtab in probe.dirs(root, VTAB_FOLDERS) or [None]:
-        parent = probe.dir(vtab, [group]) if group else vtab
-        found = _read_lists(layout, probe.dir(parent, task.folders), probe)
+    for vtab in lookup.dirs(root, VTAB_FOLDERS) or [None]:
+        parent = lookup.dir(vtab, [group]) if group else vtab
+        found = _read_lists(layout, lookup.dir(parent, task.folders), lookup)
         if found is not None:
             return found
     return None
 
 
-def find_noah(task: VtabTask, root: Path, probe: PathLog) -> Located | None:
-    return _find_under_vtab("vtab-noah", None, task, root, probe)
+def find_noah(task: VtabTask, root: Path, lookup: PathLog) -> Located | None:
+    return _find_under_vtab("vtab-noah", None, task, root, lookup)
 
 
-def find_spt(task: VtabTask, root: Path, probe: PathLog) -> Located | None:
-    return _find_under_vtab("vtab-spt", GROUP_FOLDERS[task.group], task, root, probe)
+def find_spt(task: VtabTask, root: Path, lookup: PathLog) -> Located | None:
+    return _find_under_vtab("vtab-spt", GROUP_FOLDERS[task.group], task, root, lookup)
 
 
 def _source(task: VtabTask) -> DataSource:
@@ -114,5 +114,6 @@ for _task in VTAB:
     )
 
 TASKS.alias("vtab", [t.name for t in VTAB])
-for _group in GROUP_FOLDERS:
+for _group, _label in GROUP_FOLDERS.items():
     TASKS.alias(f"vtab-{_group}", [t.name for t in VTAB if t.group == _group])
+    register_group(TaskGroup(f"vtab/{_group}", _label, "VTAB-1k"))

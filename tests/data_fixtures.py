@@ -59,6 +59,28 @@ def fgvc_spt_txt(
     return dataset
 
 
+# SPT's own FGVC loader (`Dataset/FGVC.py` in SinAxCosB/Self-Prompt-Tuning), relative to its `./Dataset/`: the image
+# folder its `root_dir` names and its train/test lists, exactly as spelled there.
+SPT_RELEASE = {
+    "cub": ("CUB_200_2011/images", "cub200_train.txt", "cub200_test.txt"),
+    "dogs": ("Dogs/images", "Dogs/Dogs_train.txt", "Dogs/Dogs_test.txt"),
+    "cars": ("Cars", "Cars/Cars_train.txt", "Cars/Cars_test.txt"),
+    "flowers": ("Flowers/102flowers/jpg", "Flowers/Flowes_train.txt", "Flowers/Flowes_test.txt"),
+    "nabirds": ("NABirds/images", "NABirds/NABirds_train.txt", "NABirds/NABirds_test.txt"),
+}
+
+
+def fgvc_spt_release(root: Path, task: str, classes: int = 3, train_per_class: int = 10) -> Path:
+    """SPT's layout for `task` exactly as its loader reads it; returns the image folder."""
+    image_dir, train, test = SPT_RELEASE[task]
+    for name, per_class in ((train, train_per_class), (test, 2)):
+        split = name.rsplit("_", 1)[1].removesuffix(".txt")
+        lines = [(f"{c:03d}.class/{split}_{i}.jpg", c) for c in range(classes) for i in range(per_class)]
+        _images(root / image_dir, [rel for rel, _ in lines])
+        write_list(root / name, lines)
+    return root / image_dir
+
+
 def vtab_noah(root: Path, folder: str = "oxford_iiit_pet", classes: int = 3, per_class: int = 3) -> Path:
     """The NOAH/SSF dump: `vtab-1k/<folder>/{train800,val200,train800val200,test}.txt`, paths under `images/`."""
     task = root / "vtab-1k" / folder

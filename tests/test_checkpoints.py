@@ -149,3 +149,50 @@ def test_file_that_is_no_checkpoint_is_a_bench_error(tmp_path):
     path.write_bytes(b"this is not a torch file")
     with pytest.raises(BenchError):
         load_backbone("micro-vit", weights=path)
+
+
+class _WritesMarker:
+    """Unpickling this object writes a file: the shape of a checkpoint crafted to run code on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+# The zip format is scanned for every global without unpickling; a legacy file names the first one torch refused
+# (protocol 2 pickles `Path.write_text` as `getattr(Path, "write_text")`).
+@pytest.mark.parametrize("zip_format, named", [(True, "pathlib"), (False, "getattr")], ids=["zip", "legacy"])
+def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, zip_format, named):
+    marker = tmp_path / "marker"
+    path = tmp_path / "crafted.pth"
+    torch.save({"model": _source(), "payload": _WritesMarker(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(BenchError) as info:
+        load_backbone("micro-vit", weights=path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"refusing to load checkpoint {path}: it pickles ")
+    assert named in message
+    assert not marker.exists()
+    # The file is what it claims to be: an unrestricted load does run its code.
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "code ran"
+
+
+def test_bytes_that_are_no_pickle_are_unreadable_not_refused(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(BenchError, match=r"^cannot read checkpoint .*noise.pth \(not a valid torch pickle\)"):
+        load_backbone("micro-vit", weights=path)
+
+
+def test_state_dict_of_other_keys_or_non_tensors_is_a_one_line_bench_error(tmp_path):
+    wrong_keys = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, wrong_keys)
+    with pytest.raises(BenchError, match="does not fit .*missing .*unexpected .*conv1.weight"):
+        load_backbone("micro-vit", weights=wrong_keys)
+    not_tensors = tmp_path / "numbers.pth"
+    torch.save({"model": {"epoch": 3, "lr": 0.1}}, not_tensors)
+    with pytest.raises(BenchError, match=r"non-tensor entries \(\[epoch, lr\]\)"):
+        load_backbone("micro-vit", weights=not_tensors)

@@ -64,12 +64,40 @@ ERRORS = {
     "missing-weights": (["--weights", "{tmp}/no_such_checkpoint.pth"], "no_such_checkpoint.pth"),
     "bad-seeds": (["--seeds", "x"], "seeds"),
     "cuda-without-gpu": (["--device", "cuda"], "cuda"),
+    # Inputs `_write_inputs` plants: each must fail before the grid, not as one failed record per run.
+    "garbage-weights": (["--weights", "{tmp}/garbage.pth"], "cannot read checkpoint"),
+    "wrong-keys-weights": (["--weights", "{tmp}/resnet.pth"], "does not fit"),
+    "crafted-weights": (["--weights", "{tmp}/crafted.pth"], "refusing to load checkpoint"),
+    "crafted-weights-dry-run": (["--weights", "{tmp}/crafted.pth", "--dry-run"], "refusing to load checkpoint"),
+    "missing-image": (["--tasks", "dogs", "--data-root", "{tmp}/data"], "1 listed image(s) missing"),
+    "results-is-a-file": (["--results", "{tmp}/a_file/results"], "is a file, not a folder"),
 }
+
+
+class _WritesMarker:
+    """Unpickling this writes a file: a checkpoint crafted to run code on load."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).write_text, (self.marker, "code ran"))
+
+
+def _write_inputs(tmp) -> None:
+    import data_fixtures as fx
+
+    (tmp / "garbage.pth").write_bytes(b"this is not a torch file")
+    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, tmp / "resnet.pth")
+    torch.save({"model": {}, "payload": _WritesMarker(tmp / "marker")}, tmp / "crafted.pth")
+    (tmp / "a_file").write_text("")
+    dataset = fx.fgvc_spt_txt(tmp / "data", folder="Dogs", image_dir="images")
+    next(dataset.glob("images/class_1/*.png")).unlink()
 
 
 # These go through a real `python -m bench.cli` process (the entry point's exit path); every case also runs in-process
 # below, which checks the same handling at a fraction of the cost of one interpreter start per case.
-SUBPROCESS_CASES = ["unknown-method", "bad-seeds", "bad-value", "cuda-without-gpu"]
+SUBPROCESS_CASES = ["unknown-method", "bad-seeds", "bad-value", "cuda-without-gpu", "crafted-weights"]
 
 
 def _run_args(tmp, case: str) -> list[str]:
@@ -91,13 +119,15 @@ def _assert_one_line_error(returncode: int, out: str, err: str, case: str, tmp) 
     assert len(lines) == 1, err
     assert lines[0].startswith("bench: error:")
     assert ERRORS[case][1] in lines[0]
-    assert not (tmp / case / "runs").exists(), "a failed invocation must not start runs"
+    assert not (tmp / case).exists(), "a failed invocation must write nothing"
+    assert not (tmp / "marker").exists(), "a checkpoint's pickled code must never run"
 
 
 @pytest.fixture(scope="module")
 def error_processes(tmp_path_factory):
     """Launch the subprocess cases at once (each only imports and fails), then collect them."""
     tmp = tmp_path_factory.mktemp("cli_errors")
+    _write_inputs(tmp)
     procs = {}
     for case in SUBPROCESS_CASES:
         if case == "cuda-without-gpu" and torch.cuda.is_available():
@@ -123,6 +153,7 @@ def test_cli_main_user_error_is_one_line_exit_2(tmp_path, capsys, case):
     from bench.cli import main
 
     _skip_cuda_case(case)
+    _write_inputs(tmp_path)
     returncode = main(_run_args(tmp_path, case))
     captured = capsys.readouterr()
     _assert_one_line_error(returncode, captured.out, captured.err, case, tmp_path)

@@ -38,6 +38,13 @@ def test_derived_split_is_reported_as_a_note(tmp_path: Path) -> None:
     assert "train+val has 30 images, expected 12000" in _texts(check, WARNING)
 
 
+def test_spt_reference_dogs_layout_is_found_and_usable(tmp_path: Path) -> None:
+    fx.fgvc_spt_release(tmp_path, "dogs")
+    check = _check("dogs", tmp_path)
+    assert check.usable and check.layout == "fgvc-spt-txt" and check.folder == str(tmp_path / "Dogs")
+    assert _texts(check, ERROR) == []
+
+
 def test_corrupt_truncated_and_missing_images_are_listed_not_raised(tmp_path: Path) -> None:
     dataset = fx.fgvc_vpt_json(tmp_path)
     (dataset / "images/001.class/train_0.jpg").write_bytes(b"not an image at all")
@@ -100,3 +107,35 @@ def test_cli_without_a_data_root_is_a_one_line_error(
     monkeypatch.delenv("BENCH_DATA", raising=False)
     assert main(["data", "check", "--tasks", "cub"]) == 2
     assert capsys.readouterr().err.strip().startswith("bench: error: this task reads files from disk; pass --data-root")
+
+
+def test_parallel_check_reports_progress_and_finds_what_a_serial_check_finds(tmp_path: Path) -> None:
+    dataset = fx.fgvc_vpt_json(tmp_path)
+    (dataset / "images/001.class/train_0.jpg").write_bytes(b"not an image at all")
+    (dataset / "images/003.class/test_1.jpg").unlink()
+    seen: list[tuple[str, int, int]] = []
+    parallel = check_tasks(["cub"], tmp_path, jobs=4, on_image=lambda *event: seen.append(event))[0]
+    serial = check_tasks(["cub"], tmp_path, jobs=1)[0]
+    assert parallel.findings == serial.findings and not parallel.usable
+    total = 3 * (4 + 1 + 2)
+    assert seen == [("cub", done, total) for done in range(total + 1)]
+
+
+def test_cli_jobs_must_be_a_positive_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "check", "--data-root", str(tmp_path), "--tasks", "cub", "--jobs", "0"]) == 2
+    assert "--jobs: expected a positive integer" in capsys.readouterr().err
+
+
+def test_cli_shows_a_progress_bar_per_task_on_a_terminal(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bench.cli import build_parser, cmd_data
+
+    fx.fgvc_spt_release(tmp_path, "dogs")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    args = build_parser().parse_args(["data", "check", "--data-root", str(tmp_path), "--tasks", "dogs", "--jobs", "2"])
+    assert cmd_data(args, console) == 0
+    assert "dogs: reading images" in screen.getvalue() and "1 of 1 task(s) usable" in screen.getvalue()

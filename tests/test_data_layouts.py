@@ -71,6 +71,23 @@ def test_fgvc_spt_lists_beside_the_dataset_folder(tmp_path: Path) -> None:
     assert next(data.train.batches(2))[0].shape == (2, 3, 224, 224)
 
 
+@pytest.mark.parametrize("task", list(fx.SPT_RELEASE))
+def test_fgvc_spt_reference_layout_loads_every_listed_image_from_its_folder(tmp_path: Path, task: str) -> None:
+    images = fx.fgvc_spt_release(tmp_path, task)
+    _, train_list, test_list = fx.SPT_RELEASE[task]
+    data = TASKS.get(task).load(tmp_path)
+    assert data.info["layout"] == "fgvc-spt-txt"
+    assert data.info["lists"]["train"] == str(tmp_path / train_list)
+    assert data.info["lists"]["test"] == str(tmp_path / test_list)
+    assert {path.parent.parent for path, _ in data.test.items} == {images}
+    assert (len(data.train) + len(data.val), len(data.test)) == (30, 6)
+
+
+def test_image_folders_match_whatever_their_case(tmp_path: Path) -> None:
+    fx.fgvc_spt_txt(tmp_path, folder="dogs", image_dir="IMAGES")
+    assert TASKS.get("dogs").load(tmp_path).test.items[0][0].parent.parent == tmp_path / "dogs" / "IMAGES"
+
+
 def test_vtab_noah_layout_under_a_renamed_folder(tmp_path: Path) -> None:
     fx.vtab_noah(tmp_path, folder="oxford_pet")
     data = TASKS.get("pets").load(tmp_path)

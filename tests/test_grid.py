@@ -33,7 +33,7 @@ from bench.recipes import RECIPES, make_spec
 from bench.method import METHODS
 from bench.progress import GridDisplay
 from bench.registry import Entry
-from bench.scheduler import Execution, Grid, Progress, execute, final_specs, select_best
+from bench.scheduler import Execution, Grid, GridEvents, execute, final_specs, select_best
 from bench.store import Store, summarise, variant_labels
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
@@ -223,7 +223,7 @@ def test_tune_protocol_never_reads_test_in_stage_1_and_the_final_stage_reads_it(
     tuning = grid.tuning_specs()
     assert len(tuning) == 2 * len(METHODS.get("linear").search["weight_decay"])
 
-    stage1 = execute(tuning, Execution(store), Progress())
+    stage1 = execute(tuning, Execution(store), GridEvents())
     assert [o.status for o in stage1.outcomes] == ["done"] * len(tuning), [o.error for o in stage1.outcomes]
     assert guard.reads == []
     features = store.root / "cache" / "features"
@@ -243,14 +243,14 @@ def test_tune_protocol_never_reads_test_in_stage_1_and_the_final_stage_reads_it(
 
     # The final stage is the one that reads test: with the guard armed, each final run fails on reading it.
     finals = final_specs(best, [0, 1])
-    armed = execute(finals, Execution(store), Progress())
+    armed = execute(finals, Execution(store), GridEvents())
     assert [o.status for o in armed.outcomes] == ["failed", "failed"]
     assert all("the test split was read" in o.error for o in armed.outcomes)
     assert guard.reads and set(guard.reads) == {"batches"}
 
     # Disarmed, the final runs train on train+val (no val scoring) and report test.
     guard.armed = False
-    final = execute(finals, Execution(store, retry_failed=True), Progress())
+    final = execute(finals, Execution(store, retry_failed=True), GridEvents())
     assert [o.status for o in final.outcomes] == ["done", "done"]
     assert len(list(features.glob("*.pt"))) == 3, "the seeds of the final stage share one pass over train+val"
     for spec in finals:
@@ -374,14 +374,14 @@ def test_a_run_whose_lock_another_process_holds_is_reported_busy_and_not_execute
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = execute(specs, Execution(store), Progress())
+        result = execute(specs, Execution(store), GridEvents())
     finally:
         holder.kill()
         holder.wait()
     assert {o.spec.run_id: o.status for o in result.outcomes} == {specs[0].run_id: "busy", specs[1].run_id: "done"}
     assert store.read(specs[0].run_id) is None
     # Once the holder is gone, the run executes.
-    assert [o.status for o in execute(specs, Execution(store), Progress()).outcomes] == ["skipped", "done"]
+    assert [o.status for o in execute(specs, Execution(store), GridEvents()).outcomes] == ["skipped", "done"]
     assert store.is_done(specs[0].run_id)
 
 
@@ -395,7 +395,7 @@ def test_a_run_another_process_finishes_after_the_grid_was_planned_is_skipped_an
     class FinishedElsewhere(GridDisplay):
         def grid_started(self, title: str, total: int, skipped: int) -> None:
             super().grid_started(title, total, skipped)
-            execute(specs[:1], Execution(store), Progress())  # planned as pending; now another "process" finishes it
+            execute(specs[:1], Execution(store), GridEvents())  # planned as pending; now another "process" finishes it
 
     with FinishedElsewhere(console) as display:
         result = execute(specs, Execution(store), display)
@@ -460,7 +460,7 @@ def test_dask_backend_runs_a_grid_on_a_local_cluster_in_its_worker_processes(tmp
     # One worker process with two threads (one torch import). Not one thread: joblib treats a cluster with a single
     # thread as n_jobs=1 and runs every run sequentially in the calling process, never on the cluster.
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
-        result = execute(specs, Execution(store, backend="dask", scheduler=cluster.scheduler_address), Progress())
+        result = execute(specs, Execution(store, backend="dask", dask_address=cluster.scheduler_address), GridEvents())
         with distributed.Client(cluster) as client:
             in_workers = client.run(lambda: "bench.engine" in sys.modules and "methods" in sys.modules)
             worker_pids = set(client.run(os.getpid).values())
@@ -501,7 +501,7 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
 
     specs = Grid(["linear"], [task], [backbone], [0, 1], {"lr": ["0.1", "0.01"], "epochs": ["1"]}).fixed_specs()
     store = Store(results)
-    execute(specs[:1], Execution(store), Progress())
+    execute(specs[:1], Execution(store), GridEvents())
     before = sorted(p.relative_to(results) for p in results.rglob("*"))
     assert main(fixed + ["--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -516,6 +516,38 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
     n = 2 * len(METHODS.get("linear").search["weight_decay"])
     assert f"{n} run(s); after tuning, stage 2 trains 1 selected setting(s) × 2 seed(s)" in out
     assert "final" not in out and sorted(p.relative_to(results) for p in results.rglob("*")) == before
+
+
+def test_a_truncated_record_is_set_aside_by_dry_run_run_and_report_and_its_run_is_redone(
+    tiny_registered, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "250")
+    backbone, task = tiny_registered
+    results = tmp_path / "results"
+    args = ["run", "--methods", "linear", "--tasks", task, "--backbone", backbone, "--protocol", "fixed",
+            "--seeds", "0,1", "--epochs", "1", "--results", str(results)]
+    assert main(args) == 0
+    capsys.readouterr()
+    first, second = sorted((results / "runs").glob("*.json"))
+    first.write_bytes(first.read_bytes()[:100])
+
+    assert main(args + ["--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("bench: warning:") == 1 and f"set aside unreadable record {first}" in err
+    assert out.count("pending") == 1 and out.count("done") == 1
+    assert (results / "runs" / f"{first.name}.corrupt").exists()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"\b1 run\(s\) done, 1 already finished", out) and err == ""
+    assert json.loads(first.read_text())["status"] == "done"
+
+    second.write_text("not json")
+    (results / "runs" / "notes.json").write_text("[]")
+    assert main(["report", "--results", str(results), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("bench: warning:") == 2 and "Traceback" not in out + err
+    assert f"note: skipped unreadable record {second.name}" in _flat(out)
+    assert "note: skipped unreadable record notes.json" in _flat(out)
 
 
 # --------------------------------------------------------------------------------------------------------------------

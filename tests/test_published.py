@@ -14,10 +14,10 @@ from bench.cli import main
 from bench.config import RunSpec
 from bench.method import METHODS
 from bench.published import compare_published, load_published, scope_tasks
-from bench.report import SUITES, load_runs
+from bench.report import load_runs, suites
 from bench.store import Store
 
-GROUP_OF = {t: g.id for suite in SUITES for g in suite.groups for t in g.tasks}
+GROUP_OF = {t: g.id for suite in suites() for g in suite.groups for t in g.tasks}
 VTAB = [t for t, g in GROUP_OF.items() if g.startswith("vtab/")]
 FGVC = [t for t, g in GROUP_OF.items() if g == "fgvc"]
 

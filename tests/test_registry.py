@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench import BenchError
@@ -88,3 +92,26 @@ def test_micro_alias_names_the_five_micro_tasks():
     assert all(TASKS.get(name).group.startswith("micro/") for name in micro)
     assert TASKS.resolve("micro,digits,sprites-*") == micro
     assert set(TASKS.resolve("micro-real")) | set(TASKS.resolve("micro-structured")) == set(micro)
+
+
+def test_a_family_file_dropped_into_a_package_registers_without_an_import_line(tmp_path, monkeypatch):
+    package = tmp_path / "plugins"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from bench.registry import import_family_files\n\nimport_family_files(__name__, __path__)\n")
+    (package / "_shared.py").write_text("from bench.registry import Registry\n\nFOUND = Registry('plugin')\n")
+    for name in ("zeta", "alpha"):
+        (package / f"{name}.py").write_text(
+            f"from plugins._shared import FOUND\n\nFOUND.register({name!r}, {name!r}, 'a plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("plugins")
+    assert importlib.import_module("plugins._shared").FOUND.names() == ["alpha", "zeta"]  # name order, helper skipped
+
+
+def test_every_file_in_methods_and_tasks_is_imported_by_its_package():
+    import methods
+    import tasks
+
+    for package in (methods, tasks):
+        files = {p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+        assert files and all(f"{package.__name__}.{stem}" in sys.modules for stem in files)

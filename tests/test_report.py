@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ import pytest
 
 from bench.cli import main
 from bench.config import RunSpec
-from bench.report import build_report, compare, load_runs, to_latex, suite_table, SUITES
+from bench.report import (
+    build_report, compare, fig_init_ablation, init_ablation_stats, load_runs, suite_table, suites, to_latex,
+)
 from bench.store import Store
 
-MICRO = next(s for s in SUITES if s.key == "micro")
+MICRO = next(s for s in suites() if s.key == "micro")
 GROUPS = {"digits": "micro/real", "mnist5k": "micro/real", "sprites-loc": "micro/structured",
           "sprites-ori": "micro/structured", "shapes-count": "micro/structured"}
 
@@ -156,3 +159,66 @@ def test_cli_report_prints_summary_and_paths(results: Path, tmp_path: Path,
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "r"), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "summary" in out and "spt-deep init=kmeans" in out and "summary.md" in out
+
+
+def test_init_ablation_bars_are_seed_means_of_task_means_with_the_sample_std_over_seeds(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # kmeans: seed 0 task mean (80+60)/2 = 70, seed 1 (84+64)/2 = 74 -> 72 ± 2.83; sampled: one seed, no spread.
+    for task, seed, acc in (("digits", 0, 80.0), ("sprites-loc", 0, 60.0), ("digits", 1, 84.0),
+                            ("sprites-loc", 1, 64.0)):
+        store.write(record("spt-deep", task, seed, acc, {"init": "kmeans"}))
+    store.write(record("spt-deep", "digits", 0, 50.0, {"init": "sampled"}))
+    store.write(record("spt-deep", "sprites-loc", 0, 40.0, {"init": "sampled"}))
+    stats = init_ablation_stats(load_runs(tmp_path)).loc["spt-deep"]
+    assert stats.loc["kmeans", "acc"] == pytest.approx(72.0)
+    assert stats.loc["kmeans", "std"] == pytest.approx(statistics.stdev([70.0, 74.0]))
+    assert stats.loc["kmeans", "seeds"] == 2
+    assert stats.loc["sampled", "acc"] == pytest.approx(45.0) and stats.loc["sampled", "seeds"] == 1
+    assert stats.loc["kmeans", "secs"] == pytest.approx(0.25)
+    paths = fig_init_ablation(load_runs(tmp_path), tmp_path)
+    assert [p.name for p in paths] == ["init_ablation.pdf", "init_ablation.png"]
+
+
+def test_tables_follow_the_task_registry_and_a_new_family_gets_its_own_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.data import TASK_GROUPS, TASKS, Task, TaskGroup
+    from bench.registry import Entry
+
+    made = {s.key: s for s in suites()}
+    assert [g.label for g in made["vtab"].groups] == ["Natural", "Specialized", "Structured"]
+    assert made["vtab"].groups[2].tasks[-2:] == ("smallnorb-azi", "smallnorb-ele") and made["vtab"].overall == "Mean"
+    assert made["fgvc"].groups[0].tasks == ("cub", "nabirds", "flowers", "dogs", "cars")
+    assert made["fgvc"].groups[0].label == "Mean" and made["fgvc"].overall is None
+    assert made["micro"].groups[0].summary_label == "Micro real"
+
+    # A family registered by one file of its own: groups declared for one, not for the other.
+    for name, group in (("leaf-a", "plants/leaves"), ("leaf-b", "plants/leaves"), ("bark", "plants/bark")):
+        monkeypatch.setitem(TASKS._entries, name, Entry(name, Task(name, group, 5, lambda _root=None: None), name))
+    monkeypatch.setitem(TASK_GROUPS._entries, "plants/leaves",
+                        Entry("plants/leaves", TaskGroup("plants/leaves", "Leaves", "Plants", "Plant leaves"), ""))
+    for task, group in (("leaf-a", "plants/leaves"), ("leaf-b", "plants/leaves"), ("bark", "plants/bark")):
+        monkeypatch.setitem(GROUPS, task, group)  # what `record` writes as the task's group
+    store = Store(tmp_path / "results")
+    for method, acc in (("linear", 60.0), ("full", 70.0)):
+        for task in ("leaf-b", "leaf-a", "bark"):
+            store.write(record(method, task, 0, acc))
+    report = build_report(tmp_path / "results", tmp_path / "out", ("md",))
+    plants = (tmp_path / "out" / "plants.md").read_text().splitlines()
+    assert plants[0] == "| Backbone | Method | Params (%) | leaf-a | leaf-b | bark | Leaves | bark | Mean | [n] |"
+    assert "| micro-vit | full | 1.00 | **70.0** | **70.0** | **70.0** | **70.0** | **70.0** | **70.0** | – |" in plants
+    assert (tmp_path / "out" / "summary.md").read_text().splitlines()[0] == \
+        "| Backbone | Method | Plant leaves | bark |"
+    assert any(note.startswith("VTAB-1k table skipped") for note in report.notes)
+
+
+def test_report_process_learns_its_tables_from_the_task_families(results: Path, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "report", "--results", str(results), "--out",
+                           str(tmp_path), "--format", "md"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    header = (tmp_path / "micro.md").read_text().splitlines()[0]
+    assert header.endswith("| Real | Structured | Mean | [n] |")

@@ -73,3 +73,33 @@ def test_store_load_gives_one_row_per_record(tmp_path):
         assert row["method"] == r["spec"]["method"]
         assert row["status"] == "done"
         assert row["test_acc"] == r["metrics"]["test_acc"]
+
+
+def test_unreadable_records_are_set_aside_with_one_warning_each_and_count_as_not_done(tmp_path):
+    warnings: list[str] = []
+    store = Store(tmp_path, warn=warnings.append)
+    for run_id in ("good", "cut", "hand", "list"):
+        store.write(_record(run_id))
+    cut = store.path("cut").read_bytes()
+    store.path("cut").write_bytes(cut[: len(cut) // 2])  # a partial copy, a full disk
+    store.path("hand").write_bytes(b"\xff\xfe not text")  # a binary file under a record's name
+    store.path("list").write_text("[1, 2]")  # valid JSON, but no record
+    store.write({key: value for key, value in _record("bare").items() if key != "metrics"})  # done, yet no metrics
+    (store.runs / "notes.json").write_text("to do: rerun cub")
+
+    assert [r["id"] for r in store.records()] == ["good"]
+    assert sorted(p.name for p in store.runs.iterdir()) == [
+        "bare.json.corrupt", "cut.json.corrupt", "good.json", "hand.json.corrupt", "list.json.corrupt",
+        "notes.json.corrupt"]
+    assert [p.name for p in store.set_aside] == [
+        "bare.json.corrupt", "cut.json.corrupt", "hand.json.corrupt", "list.json.corrupt", "notes.json.corrupt"]
+    assert len(warnings) == 5 and all("\n" not in w and "counts as not done" in w for w in warnings)
+    assert "not a run record: no metrics" in warnings[0]
+    assert str(store.path("cut")) in warnings[1] and "not valid JSON" in warnings[1]
+    assert "not a run record: no id, status, spec" in warnings[3]
+    assert store.read("cut") is None and not store.is_done("cut")
+    assert store.path("cut").with_name("cut.json.corrupt").read_bytes() == cut[: len(cut) // 2]  # kept, not lost
+
+    store.path("cut").write_text("{")  # broken again: the first copy set aside stays
+    assert store.read("cut") is None
+    assert (store.runs / "cut.json.corrupt.1").read_text() == "{"
