@@ -8,17 +8,41 @@ imports all methods to fill the registry, while only runs of these methods need 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from bench.backbone import ViTFeatures
-from bench.config import _check
+from bench.config import TrainConfig, _check
 from bench.method import Adapted, BuildContext, linear_head
 
 # The linear layers of a timm ViT block, by the names a user writes, with their path inside the block. Targets are
 # anchored to `blocks.N.` so that `proj` never also catches the patch embedding's `patch_embed.proj` convolution.
 LINEAR_LAYERS = {"qkv": r"attn\.qkv", "proj": r"attn\.proj", "fc1": r"mlp\.fc1", "fc2": r"mlp\.fc2"}
+
+
+@dataclass(frozen=True)
+class LowRankConfig(TrainConfig):
+    """Hyper-parameters of the low-rank updates (LoRA, DoRA, LoHa, LoKr; see `TrainConfig` for the optimisation ones).
+
+    Attributes:
+        rank: r of the low-rank factors.
+        alpha: the update is scaled by alpha / rank.
+        targets: comma list of block layers to adapt: qkv, proj, fc1, fc2.
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    targets: str = "qkv"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.rank >= 1, "rank", self.rank, "an integer >= 1")
+        _check(self.alpha > 0, "alpha", self.alpha, "a positive float")
+        check_targets(self.targets)
 
 
 def parse_targets(targets: str) -> list[str]:

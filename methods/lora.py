@@ -12,36 +12,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import TrainConfig, _check
+from bench.config import _check
 from bench.method import Adapted, BuildContext, register_method
-from methods._peft import block_layers_regex, build_with_peft, check_targets, parse_targets
+from methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
 
 
 @dataclass(frozen=True)
-class LoRAConfig(TrainConfig):
-    """LoRA's hyper-parameters (see `TrainConfig` for the optimisation ones).
+class LoRAConfig(LowRankConfig):
+    """LoRA's hyper-parameters (see `LowRankConfig`); alpha = rank = 8, since the paper sets alpha to the first r it
+    tries and does not tune it (Section 4.1).
 
     Attributes:
-        rank: r, the rank of B·A.
-        alpha: the update is scaled by alpha / rank; the paper sets alpha to the first r it tries and does not tune
-            it (Section 4.1), hence alpha = rank = 8.
         dropout: dropout on the input of A.
-        targets: comma list of block layers to adapt: qkv, proj, fc1, fc2.
     """
 
-    rank: int = 8
-    alpha: float = 8.0
     dropout: float = 0.0
-    targets: str = "qkv"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
 
     def validate(self) -> None:
         super().validate()
-        _check(self.rank >= 1, "rank", self.rank, "an integer >= 1")
-        _check(self.alpha > 0, "alpha", self.alpha, "a positive float")
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "a float in [0, 1)")
-        check_targets(self.targets)
 
 
 @dataclass(frozen=True)

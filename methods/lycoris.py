@@ -13,32 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import TrainConfig, _check
 from bench.method import Adapted, BuildContext, register_method
-from methods._peft import block_layers_regex, build_with_peft, check_targets, parse_targets
+from methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
 
 
 @dataclass(frozen=True)
-class LycorisConfig(TrainConfig):
-    """Hyper-parameters shared by LoHa and LoKr (see `TrainConfig` for the optimisation ones).
-
-    Attributes:
-        rank: r of each low-rank factor.
-        alpha: the update is scaled by alpha / rank (peft's default alpha = rank = 8).
-        targets: comma list of block layers to adapt: qkv, proj, fc1, fc2.
-    """
-
-    rank: int = 8
-    alpha: float = 8.0
-    targets: str = "qkv"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-
-    def validate(self) -> None:
-        super().validate()
-        _check(self.rank >= 1, "rank", self.rank, "an integer >= 1")
-        _check(self.alpha > 0, "alpha", self.alpha, "a positive float")
-        check_targets(self.targets)
+class LycorisConfig(LowRankConfig):
+    """Hyper-parameters shared by LoHa and LoKr (see `LowRankConfig`; peft's default alpha = rank = 8)."""
 
 
 @dataclass(frozen=True)

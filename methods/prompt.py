@@ -32,9 +32,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from bench import BenchError
+from bench import BenchError, nmi
 from bench import kmeans as km
-from bench import nmi
 from bench.backbone import embed, pool_features
 from bench.cache import cache_key
 from bench.config import TrainConfig, _check
