@@ -64,6 +64,7 @@ ERRORS = {
     "missing-weights": (["--weights", "{tmp}/no_such_checkpoint.pth"], "no_such_checkpoint.pth"),
     "bad-seeds": (["--seeds", "x"], "seeds"),
     "cuda-without-gpu": (["--device", "cuda"], "cuda"),
+    "unknown-device": (["--device", "tpu"], "auto, cpu, cuda or cuda:N"),
 }
 
 

@@ -187,9 +187,9 @@ class GuardedSplit:
         if self.armed:
             raise AssertionError(f"the test split was read ({what})")
 
-    def batches(self, batch_size, generator=None):
+    def batches(self, batch_size, generator=None, device=None):
         self._read("batches")
-        return self.inner.batches(batch_size, generator)
+        return self.inner.batches(batch_size, generator, device)
 
     def sample_images(self, count, generator):
         self._read("sample_images")
