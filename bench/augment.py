@@ -1,8 +1,8 @@
 """Random-resized crop and horizontal flip for a whole batch at once, on whatever device holds the batch.
 
 The file path (`bench.imagefiles`) runs torchvision's PIL `Compose([RandomResizedCrop, RandomHorizontalFlip])` on each
-decoded image under its own seed. Here the same draws are made for the same seeds (torchvision's own `get_params` and
-flip test, on the CPU generator, in the same order), in the *original* image's pixel coordinates, and every box is
+decoded image under its own seed. Here the same draws are made for the same seeds (torchvision's draws, op for op, on
+a CPU generator seeded the same way, in the same order), in the *original* image's pixel coordinates, and every box is
 then cut out of the decode cache's fixed-size copy of the image by one batched `grid_sample`: the box's edges map to
 the same fractions of the image whatever size it was stored at, so the stored copy only changes how much detail
 there is to sample, not where the crop lies.
@@ -10,6 +10,7 @@ there is to sample, not where the crop lies.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -63,19 +64,44 @@ class CropFlip:
     def draw(self, seeds: Sequence[int], sizes: np.ndarray) -> torch.Tensor:
         """(top, left, height, width, flip) per image, in original pixels, for images of `sizes` (N×2: h, w).
 
-        Each seed drives torchvision's own draws exactly as `torch.manual_seed(seed)` does in the file path's worker
-        (the CPU generator only, so a CUDA generator's stream is left alone), and the caller's CPU stream is
-        restored afterwards.
+        For each seed this makes the draws of torchvision's `RandomResizedCrop.get_params` and then
+        `RandomHorizontalFlip`, op for op, from a CPU generator seeded as the file path's worker seeds its global one
+        (`torch.manual_seed(seed)`: the same Mersenne Twister stream), so boxes and flips are the file path's, and
+        no caller's random stream moves. Written out rather than called because `get_params` reads only the global
+        generator; tests/test_decode_cache.py pins it to torchvision's transform, fallback branch included.
         """
-        boxes = torch.empty(len(seeds), 5)
-        with torch.random.fork_rng(devices=[]):
-            for row, (seed, (height, width)) in enumerate(zip(seeds, sizes.tolist())):
-                torch.default_generator.manual_seed(seed)
-                # get_params reads only the image's shape; an expanded scalar has it without allocating pixels.
-                top, left, h, w = T.RandomResizedCrop.get_params(
-                    torch.empty(1).expand(3, height, width), list(self.scale), list(self.ratio))
-                boxes[row] = torch.tensor([top, left, h, w, float(torch.rand(1) < self.flip_p)])
-        return boxes
+        generator = torch.Generator()
+        one = torch.empty(1)
+        low, high = torch.log(torch.tensor(self.ratio)).tolist()
+        rows = []
+        for seed, (height, width) in zip(seeds, sizes.tolist()):
+            generator.manual_seed(seed)
+            area = height * width
+            for _ in range(10):
+                target_area = area * one.uniform_(self.scale[0], self.scale[1], generator=generator).item()
+                aspect = torch.exp(one.uniform_(low, high, generator=generator)).item()
+                w = int(round(math.sqrt(target_area * aspect)))
+                h = int(round(math.sqrt(target_area / aspect)))
+                if 0 < w <= width and 0 < h <= height:
+                    top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                    left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                    break
+            else:
+                top, left, h, w = self._central(height, width)
+            flip = float(torch.rand(1, generator=generator) < self.flip_p)
+            rows.append((top, left, h, w, flip))
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 5)
+
+    def _central(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """RandomResizedCrop's fallback when ten tries found no box: the central crop within the ratio range."""
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
 
     def apply(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Crop every image's box, resample it to size×size and flip it where drawn; uint8 in, uint8 out.

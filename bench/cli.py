@@ -180,7 +180,9 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 
     _registries()
     check_backbone_name(args.backbone)
-    figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"))
+    device = resolve_device(args.device)
+    figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"),
+                       device)
     table = Table(title=f"bench perf · {args.backbone} · a miss within {NOISE_MARGIN:.0%} of its target passes as noise",
                   title_justify="left")
     for column in ("figure", "measured", "ratio", "target", "status", "note"):
@@ -190,7 +192,7 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
         ratio = "" if f.ratio is None else f"{f.ratio:.3g}"
         table.add_row(f.name, f.measured, ratio, f.target, f.status, f.note, style=styles[f.status])
     console.print(table)
-    machine = {**provenance(torch.device("cpu")), "load_average": list(os.getloadavg())}
+    machine = {**provenance(torch.device(device)), "load_average": list(os.getloadavg())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"backbone": args.backbone, "quick": args.quick, "noise_margin": NOISE_MARGIN,
                                     "machine": machine, "figures": [f.to_dict() for f in figures]}, indent=1))
