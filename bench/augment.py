@@ -111,8 +111,9 @@ class CropFlip:
             boxes: N×5 from `draw`, in the original images' pixels.
             sizes: N×2 original (h, w).
         """
-        boxes = boxes.to(images.device, torch.float32)
-        sizes = sizes.to(images.device, torch.float32)
+        # Non-blocking: a blocking copy to a GPU would wait for every step already queued there.
+        boxes = boxes.to(images.device, torch.float32, non_blocking=True)
+        sizes = sizes.to(images.device, torch.float32, non_blocking=True)
         top, left, h, w, flip = boxes.unbind(1)
         height, width = sizes.unbind(1)
         # With align_corners=False, -1 and 1 are the image's outer pixel edges and an output pixel's centre sits at

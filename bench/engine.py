@@ -309,7 +309,7 @@ def _features(
     for images, y in split.batches(batch_size, device=dev):
         with mixed_precision(dev):
             feats.append(trunk(preprocess(images.to(dev, non_blocking=True))).float())
-        labels.append(y.to(dev))
+        labels.append(y.to(dev, non_blocking=True))
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -321,13 +321,16 @@ def _accuracy(
     dev: torch.device,
 ) -> float:
     model.eval()
-    correct = count = 0
+    # Counted on the device and read once: a read per batch would stop the host from preparing the next batch
+    # while the device computes this one.
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    count = 0
     for inputs, labels in batches:
         with mixed_precision(dev):
             predictions = model(prepare(inputs.to(dev, non_blocking=True))).argmax(dim=1)
-        correct += int((predictions == labels.to(dev)).sum())
+        correct += (predictions == labels.to(dev, non_blocking=True)).sum()
         count += len(labels)
-    return 100.0 * correct / count
+    return 100.0 * int(correct) / count
 
 
 def mixed_precision(dev: torch.device) -> contextlib.AbstractContextManager:
