@@ -184,7 +184,8 @@ def run(
             "test_images_per_s": len(data.test) / test_timer.seconds if reads_test else None,
         },
         "memory": _peak_memory(dev),
-        # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files.
+        # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files;
+        # empty when there was no cache and every pass decoded the files.
         "data_path": DECODED.drain(),
         "provenance": {**provenance(dev), **_input_provenance(backbone, preprocess)},
     }

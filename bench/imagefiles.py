@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-import numpy as np
 from torchvision import transforms as T
 from torchvision.transforms import Compose
 from torchvision.transforms.functional import pil_to_tensor
@@ -179,7 +179,7 @@ class FileSplit:
         if augment not in self._entries:
             if self.parts:
                 parts = [part._stored(augment) for part in self.parts]
-                self._entries[augment] = None if None in parts else Joined(parts)
+                self._entries[augment] = None if any(part is None for part in parts) else Joined(parts)
             else:
                 transform = self.transforms.store if augment else self.transforms.eval
                 self._entries[augment] = DECODED.get([path for path, _ in self.items], transform,

@@ -213,3 +213,15 @@ def test_workers_spread_over_the_gpus_and_share_one_when_there_are_more_jobs(tmp
     assert [device for _, device in one] == ["cuda:0"] * 4, "--jobs 4 on one GPU: four runs side by side on it"
     held[1][0].release()
     assert claim_gpu(tmp_path / "two", gpus=2, jobs=4)[1] == "cuda:1", "a worker that exits frees its slot"
+
+
+def test_a_prompted_fgvc_run_trains_on_device_side_crops_of_the_cached_images(
+    tmp_path: Path, decode_cache: DecodeCache
+) -> None:
+    fx.fgvc_vpt_json(tmp_path / "data", sizes={"train": 3, "val": 1, "test": 1})
+    spec = RunSpec("vpt-deep", "cub", "micro-vit", 0, engine.resolve_hparams("vpt-deep", "cub", {"epochs": 2}))
+    record = engine.run(spec, data_root=tmp_path / "data")
+    assert record["status"] == "done" and len(record["curves"]["train_loss"]) == 2
+    (stored,) = [e for e in record["data_path"] if "(256, 256)" in e["steps"][0]]
+    assert stored["status"] == "built" and stored["images"] == 9
+    assert "grid_sample" in " ".join(record["task"]["transforms"]["train_from_cache"])
