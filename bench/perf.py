@@ -602,13 +602,15 @@ def _device_rate(device: torch.device, work: Callable[[], Any], images: int) -> 
 
 def jobs_on_one_device(root: Path, device: str, jobs: tuple[int, int], methods: list[str], tasks: list[str],
                        epochs: int) -> Figure:
-    """The micro grid with `--jobs` jobs[1] against jobs[0] on one device (each run in a fresh results folder)."""
+    """A micro grid (`methods` × `tasks`, names or aliases) with `--jobs` jobs[1] against jobs[0] on one device,
+    each in a fresh results folder."""
     from bench.scheduler import Execution, Grid, Progress, execute
     from bench.store import Store
 
     seconds = {}
+    grid = Grid(METHODS.resolve(methods), TASKS.resolve(tasks), [DEFAULT_BACKBONE], [0], {"epochs": [str(epochs)]})
     for count in jobs:
-        specs = Grid(methods, tasks, [DEFAULT_BACKBONE], [0], {"epochs": [str(epochs)]}).fixed_specs()
+        specs = grid.fixed_specs()
         store = Store(root / f"grid-jobs{count}")
         seconds[count], result = _timed(lambda: execute(specs, Execution(store, device, count), Progress()))
         failed = [o.error for o in result.outcomes if o.status != "done"]
