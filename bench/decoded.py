@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
+from bench import BenchError
 from bench.cache import cache_key
 
 LIMIT_ENV = "BENCH_DECODE_CACHE_GB"
@@ -121,7 +122,12 @@ class DecodeCache:
 
     @property
     def limit_bytes(self) -> int:
-        return int(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 2**30)
+        value = os.environ.get(LIMIT_ENV, str(DEFAULT_LIMIT_GB))
+        try:
+            return int(float(value) * 2**30)
+        except ValueError:
+            raise BenchError(f"{LIMIT_ENV}={value!r} is not a number; set it to the decode cache's bound in GiB, "
+                             f"e.g. {LIMIT_ENV}={DEFAULT_LIMIT_GB:g}") from None
 
     def drain(self) -> list[dict[str, Any]]:
         """What happened since the last call (entries read, built or refused), for a run's record."""

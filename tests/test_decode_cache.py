@@ -225,3 +225,11 @@ def test_a_prompted_fgvc_run_trains_on_device_side_crops_of_the_cached_images(
     (stored,) = [e for e in record["data_path"] if "(256, 256)" in e["steps"][0]]
     assert stored["status"] == "built" and stored["images"] == 9
     assert "grid_sample" in " ".join(record["task"]["transforms"]["train_from_cache"])
+
+
+def test_a_bound_that_is_not_a_number_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import BenchError
+
+    monkeypatch.setenv(LIMIT_ENV, "lots")
+    with pytest.raises(BenchError, match=f"{LIMIT_ENV}='lots' is not a number.*GiB"):
+        DecodeCache(tmp_path).get([fx.write_image(tmp_path / "a.jpg")], TRANSFORMS.eval, ["eval"], workers=0)
