@@ -7,11 +7,10 @@ interpolation error, its crops.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 import torch
@@ -19,7 +18,6 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-import data_fixtures as fx
 from bench import engine
 from bench.augment import CropFlip
 from bench.backbone import LoadedBackbones, load_backbone
@@ -106,7 +104,8 @@ def test_device_crops_match_the_file_paths_crops_within_interpolation_error(
 
 def test_evaluation_from_the_cache_equals_evaluation_from_the_files(tmp_path: Path, decode_cache: DecodeCache) -> None:
     fx.fgvc_vpt_json(tmp_path / "data", sizes={"train": 3, "val": 2, "test": 2})
-    spec = RunSpec("linear", "cub", "micro-vit", 0, engine.resolve_hparams("linear", "cub", {"epochs": 2}), stage="final")
+    hparams = engine.resolve_hparams("linear", "cub", {"epochs": 2})
+    spec = RunSpec("linear", "cub", "micro-vit", 0, hparams, stage="final")
     decode_cache.directory, directory = None, decode_cache.directory
     from_files = engine.run(spec, data_root=tmp_path / "data")
     assert from_files["data_path"] == []
