@@ -10,8 +10,8 @@ steps. Size and mtime, not a content hash: a stat costs microseconds where hashi
 dataset at the start of every run (gigabytes for NABirds), and rewriting or replacing a file changes its mtime.
 An entry is built in parallel DataLoader workers into a temporary folder, under a file lock so two processes never
 build it twice, and renamed into place, so a killed build leaves nothing half-written. The cache is bounded by
-`BENCH_DECODE_CACHE_GB` (default 64): a split that would push it past the bound is not cached and decodes its files
-every pass, as before, and its runs' records say so.
+`BENCH_DECODE_CACHE_GB` (default 64; 0 turns the cache off): a split that would push it past the bound is not cached
+and decodes its files every pass, as before, and its runs' records say so.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ class DecodeCache:
     def get(self, paths: list[Path], transform: Callable[[Image.Image], Image.Image], steps: list[str],
             workers: int) -> Decoded | None:
         """The entry for `paths` under `transform` (described by `steps`), built on first use; None when there is no
-        cache directory or the entry would push the cache past its bound."""
-        if self.directory is None:
+        cache directory, the bound is 0 (the cache is off) or the entry would push the cache past its bound."""
+        if self.directory is None or self.limit_bytes == 0:
             return None
         stats = [(str(p), s.st_size, s.st_mtime_ns) for p in paths for s in [_stat(p)]]
         key = cache_key(_FORMAT, stats, steps)
