@@ -172,9 +172,10 @@ def test_a_split_past_the_cache_bound_decodes_its_files_and_its_record_says_so(
     assert not list(decode_cache.directory.glob("*/images.npy"))
     monkeypatch.delenv(LIMIT_ENV)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, file_batches(FileSplit(items, TRANSFORMS), None)))
+    assert [e["status"] for e in decode_cache.drain()] == ["built"], "within the default bound it is cached"
     monkeypatch.setenv(LIMIT_ENV, "0")
     file_batches(FileSplit(items, TRANSFORMS, workers=0), None)
-    assert decode_cache.drain() == [] and not list(decode_cache.directory.glob("*/images.npy")), "0: the cache is off"
+    assert decode_cache.drain() == [], "0: the cache is off, not even read"
 
 
 def test_a_worker_loads_a_backbone_once_and_every_run_gets_an_unmodified_copy(
