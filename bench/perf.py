@@ -1,7 +1,7 @@
 """`bench perf`: how much of the machine goes into the runs and how little into the harness, as ratios.
 
 Shared machines are noisy, so every figure is a ratio of two timings taken in the same process, interleaved
-(A B A B ...), and summarised by medians. Each figure has a target (from issue 6); a ratio passes when it meets the
+(A B A B ...), and summarised by medians. Each figure has a target (from issues 6 and 13); a ratio passes when it meets the
 target, passes "within noise" when it misses by at most `NOISE_MARGIN` of the target, and fails otherwise. Targets
 that only describe (memory, thread layout) are reported as `info`. Nothing here is asserted in CI: the slow twins of
 every fast path are checked for *correctness* in tests/test_perf_paths.py.
