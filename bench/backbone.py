@@ -9,7 +9,9 @@ checkpoint filter when the checkpoint was trained at another resolution.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
+import os
 import pickle
 import re
 import warnings
@@ -215,6 +217,47 @@ def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0, d
 def backbone_entry(name: str) -> BackboneEntry:
     """The registered entry, or one made for any timm ViT name; raises a one-line error listing valid names."""
     return BACKBONES.get(name) if name in BACKBONES else _timm_entry(name)
+
+
+class LoadedBackbones:
+    """Backbones this process has built, kept pristine so that the runs of a sweep pay the load once.
+
+    The key is what the weights are, not where a run found them: the backbone's name, and for a checkpoint file its
+    path, size and modification time (ns), so a replaced file is loaded afresh. Every run gets a deep copy, since
+    methods set `requires_grad`, wrap modules and train weights in place. At most `capacity` backbones are held
+    (the most recently used).
+    """
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self.loads = 0
+        self._held: dict[tuple[Any, ...], Backbone] = {}
+
+    def get(self, name: str, weights: str | Path | None = None, drop_path: float = 0.0) -> Backbone:
+        key = (name, drop_path, *_file_identity(weights or _packaged_file(name)))
+        backbone = self._held.pop(key, None)
+        if backbone is None:
+            backbone = load_backbone(name, weights, drop_path=drop_path)
+            self.loads += 1
+        self._held[key] = backbone  # re-inserted last: the dict's order is the recency order
+        while len(self._held) > self.capacity:
+            del self._held[next(iter(self._held))]
+        return copy.deepcopy(backbone)
+
+
+def _packaged_file(name: str) -> Path | None:
+    entry = BACKBONES.get(name) if name in BACKBONES else None
+    return WEIGHTS_DIR / entry.packaged_weights if entry is not None and entry.packaged_weights else None
+
+
+def _file_identity(path: str | Path | None) -> tuple[Any, ...]:
+    if path is None:
+        return ()
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (str(path),)  # load_backbone gives the user's error for a missing file
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def _timm_entry(name: str) -> BackboneEntry:

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "for SPT, vpt-paper for VPT); `none`: the methods' config defaults")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE[,VALUE..]",
                      help="hyper-parameter over the recipe; a comma list sweeps it (repeatable)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: cuda when torch "
+                     "sees a GPU, else cpu; records say which ran)")
     run.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
     run.add_argument("--protocol", choices=["tune", "fixed"],
                      help="tune: search on val, then train+val -> test over seeds; fixed: the given hyper-parameters "
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone to measure (default {DEFAULT_BACKBONE})")
     perf.add_argument("--out", type=Path, default=Path("results/perf.json"), help="JSON output (default results/perf.json)")
     perf.add_argument("--quick", action="store_true", help="fewer repeats, epochs and k-means layers (about half the time)")
+    perf.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); on a GPU the "
+                      "GPU figures are measured too")
 
     lst = sub.add_parser("list", help="show registered methods, tasks and backbones")
     lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones", "recipes"],
@@ -190,7 +193,9 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 
     _registries()
     backbone_entry(args.backbone)
-    figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"))
+    device = resolve_device(args.device)
+    figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"),
+                       device)
     table = Table(title=f"bench perf · {args.backbone} · a miss within {NOISE_MARGIN:.0%} of its target passes as noise",
                   title_justify="left")
     for column in ("figure", "measured", "ratio", "target", "status", "note"):
@@ -200,7 +205,7 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
         ratio = "" if f.ratio is None else f"{f.ratio:.3g}"
         table.add_row(f.name, f.measured, ratio, f.target, f.status, f.note, style=styles[f.status])
     console.print(table)
-    machine = {**provenance(torch.device("cpu")), "load_average": list(os.getloadavg())}
+    machine = {**provenance(torch.device(device)), "load_average": list(os.getloadavg())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"backbone": args.backbone, "quick": args.quick, "noise_margin": NOISE_MARGIN,
                                     "machine": machine, "figures": [f.to_dict() for f in figures]}, indent=1))
@@ -300,7 +305,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # grid of failed records.
     if args.weights is not None and not args.weights.is_file():
         raise BenchError(f"--weights {args.weights} does not exist; pass a checkpoint file")
-    _check_device(args.device)
+    device = resolve_device(args.device)
     if args.backend == "dask" and not args.scheduler:
         raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
     _check_writable(args.results)
@@ -327,7 +332,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     }
     store = Store(args.results)
     execution = Execution(
-        store, args.device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed
+        store, device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed
     )
     if args.dry_run:
         return _dry_run(grids, execution, args.seeds, set(sweeps), console)
@@ -409,19 +414,22 @@ def _check_writable(results: Path) -> None:
         )
 
 
-def _check_device(device: str) -> None:
+def resolve_device(device: str) -> str:
+    """`auto` as cuda when torch sees a GPU, else cpu; any other value checked against what torch sees."""
     import torch
 
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        return
+        return device
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise BenchError(f"--device {device} asked for a GPU but torch sees none; use --device cpu")
         index = device.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise BenchError(f"--device {device}: valid GPUs are cuda:0..cuda:{torch.cuda.device_count() - 1}")
-        return
-    raise BenchError(f"--device {device!r} is not valid; use cpu, cuda or cuda:N")
+        return device
+    raise BenchError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

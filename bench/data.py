@@ -22,8 +22,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class Split(Protocol):
     def __len__(self) -> int: ...
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Yield (uint8 images N×3×H×W, int64 labels); shuffled when a generator is given."""
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Iterator[Batch]:
+        """Yield (uint8 images N×3×H×W, int64 labels); shuffled when a generator is given. `device` is where the
+        caller will use the images: a split may deliver them there (a file split augments on it)."""
         ...
 
     def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -65,7 +68,9 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Iterator[Batch]:
         return tensor_batches(self.images, self.labels, batch_size, generator)
 
     def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from bench import BenchError, recipes
-from bench.backbone import Backbone, load_backbone
+from bench.backbone import Backbone, LoadedBackbones
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Preprocess, Split, tensor_batches
+from bench.decoded import DECODED
 from bench.method import METHODS, Adapted, BuildContext, Probe
 
 EpochCallback = Callable[[int, int, float, float], None]
@@ -34,6 +35,8 @@ EpochCallback = Callable[[int, int, float, float], None]
 # Frozen trunks' features of train/val splits, by everything they depend on; `bench.scheduler` points it at the
 # results directory.
 FEATURES = TensorCache()
+# Backbones this process has loaded: the runs a worker executes pay the checkpoint load once.
+BACKBONES_LOADED = LoadedBackbones()
 
 
 class NonFiniteLoss(RuntimeError):
@@ -64,6 +67,7 @@ def run(
     method = METHODS.get(spec.method)
     config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
     task = TASKS.get(spec.task)
+    DECODED.drain()  # what the decode cache does from here on belongs to this run's record
     data = task.load(data_root)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
     # only stage that reads test; `fixed` trains on train, follows val and reports test.
@@ -73,7 +77,7 @@ def run(
 
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
-    backbone = load_backbone(spec.backbone, spec.weights, drop_path=config.drop_path)
+    backbone = BACKBONES_LOADED.get(spec.backbone, spec.weights, drop_path=config.drop_path)
     backbone.model.to(dev)
     preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std).to(dev)
     if _is_cuda(dev):
@@ -114,8 +118,8 @@ def run(
     else:
         model = nn.Sequential(adapted.trunk, adapted.head)
         prepare = preprocess
-        train_batches = lambda gen: train_split.batches(config.batch_size, gen)  # noqa: E731
-        val_batches = lambda: data.val.batches(config.batch_size)  # noqa: E731
+        train_batches = lambda gen: train_split.batches(config.batch_size, gen, dev)  # noqa: E731
+        val_batches = lambda: data.val.batches(config.batch_size, device=dev)  # noqa: E731
 
     optimizer = _optimizer(learnable, config)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
@@ -147,7 +151,7 @@ def run(
         with test_timer:
             # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
             test_model = nn.Sequential(adapted.trunk, adapted.head) if adapted.trunk_frozen else model
-            test_acc = _accuracy(test_model, data.test.batches(config.batch_size), preprocess, dev)
+            test_acc = _accuracy(test_model, data.test.batches(config.batch_size, device=dev), preprocess, dev)
         timers["eval"].seconds += test_timer.seconds
 
     train_images = epochs * len(train_split)
@@ -176,6 +180,9 @@ def run(
             "test_images_per_s": len(data.test) / test_timer.seconds if reads_test else None,
         },
         "memory": _peak_memory(dev),
+        # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files;
+        # empty when there was no cache and every pass decoded the files.
+        "data_path": DECODED.drain(),
         "provenance": {**provenance(dev), **_input_provenance(backbone, preprocess)},
     }
 
@@ -313,10 +320,10 @@ def _features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     trunk.eval()
     feats, labels = [], []
-    for images, y in split.batches(batch_size):
+    for images, y in split.batches(batch_size, device=dev):
         with mixed_precision(dev):
             feats.append(trunk(preprocess(images.to(dev, non_blocking=True))).float())
-        labels.append(y.to(dev))
+        labels.append(y.to(dev, non_blocking=True))
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -328,13 +335,16 @@ def _accuracy(
     dev: torch.device,
 ) -> float:
     model.eval()
-    correct = count = 0
+    # Counted on the device and read once: a read per batch would stop the host from preparing the next batch
+    # while the device computes this one.
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    count = 0
     for inputs, labels in batches:
         with mixed_precision(dev):
             predictions = model(prepare(inputs.to(dev, non_blocking=True))).argmax(dim=1)
-        correct += int((predictions == labels.to(dev)).sum())
+        correct += (predictions == labels.to(dev, non_blocking=True)).sum()
         count += len(labels)
-    return 100.0 * correct / count
+    return 100.0 * int(correct) / count
 
 
 def mixed_precision(dev: torch.device) -> contextlib.AbstractContextManager:
@@ -360,6 +370,7 @@ def provenance(dev: torch.device) -> dict[str, Any]:
     return {
         "versions": {**versions, "python": platform.python_version()},
         "git_commit": CODE_COMMIT,
+        "torch_device": str(dev),
         "device": torch.cuda.get_device_name(dev) if _is_cuda(dev) else f"cpu ({platform.processor() or platform.machine()})",
         "torch_threads": torch.get_num_threads(),
         "precision": "bf16 autocast" if _is_cuda(dev) else "fp32",

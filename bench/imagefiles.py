@@ -4,6 +4,11 @@ Batches are reproducible whatever the worker count: the batch order *and* one au
 from the run's generator in the main process, and each image is transformed under its own seed. Augmentation applies
 only on shuffled (training) passes; unshuffled passes (evaluation, feature caching, SPT's image sample) use the
 deterministic eval pipeline. Both pipelines end at a uint8 tensor; `bench.data.Preprocess` normalises on the device.
+
+With a decode cache (`bench.decoded.DECODED`, set for every `bench run`), each pipeline's decoding happens once per
+split: unshuffled passes read the eval pipeline's stored output (the same pixels the files give), and a family whose
+training pipeline is a random-resized crop and flip stores whole images at `ImageTransforms.stored`² and crops them on
+the device (`bench.augment`), drawing the same order, seeds, boxes and flips from the generator as the file path.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 from torchvision.transforms import Compose
 from torchvision.transforms.functional import pil_to_tensor
 
+from bench.augment import CropFlip
 from bench.data import Batch, Split, tensor_batches
+from bench.decoded import DECODED, Decoded, Joined
 
 Item = tuple[Path, int]
 ImageTransform = Callable[[Image.Image], Image.Image]
@@ -44,10 +53,26 @@ class ImageTransforms:
 
     eval: ImageTransform
     train: ImageTransform | None = None
+    stored: int | None = None
+
+    @property
+    def device_crop(self) -> CropFlip | None:
+        """The training augmentation as a batched device-side crop, when the cache stores images for it."""
+        return CropFlip.of(self.train) if self.train is not None and self.stored else None
+
+    @property
+    def store(self) -> ImageTransform:
+        """What the decode cache keeps of a training image for the device-side crop: all of it, at stored²."""
+        return T.Resize((self.stored, self.stored), interpolation=T.InterpolationMode.BICUBIC)
 
     def describe(self) -> dict[str, list[str]]:
-        """The exact steps, recorded in every run so that two records can be told apart by their preprocessing."""
-        return {"train": _steps(self.train or self.eval), "eval": _steps(self.eval)}
+        """The exact steps, recorded in every run so that two records can be told apart by their preprocessing;
+        `train_from_cache` is what runs instead of `train` when the decode cache serves the split (the record's
+        `data_path` says which did)."""
+        steps = {"train": _steps(self.train or self.eval), "eval": _steps(self.eval)}
+        if self.device_crop is not None:
+            steps["train_from_cache"] = self.device_crop.describe(self.stored)
+        return steps
 
 
 def _steps(transform: ImageTransform) -> list[str]:
@@ -92,14 +117,19 @@ class FileSplit:
         transforms: the task family's pipelines.
         workers: DataLoader worker processes (0 decodes in the calling process).
         cache: keep the decoded split in memory after the first pass; only for splits without augmentation, where
-            every pass would decode to the same pixels (VTAB-1k's 1,000 small training images).
+            every pass would decode to the same pixels (VTAB-1k's 1,000 small training images). The decode cache,
+            when there is one, serves such splits instead.
+        parts: the splits this one was merged from; their decode-cache entries serve it (train+val is never
+            decoded a second time).
     """
 
     items: list[Item]
     transforms: ImageTransforms
     workers: int = field(default_factory=default_workers)
     cache: bool = False
+    parts: tuple["FileSplit", ...] = ()
     _decoded: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _entries: dict[bool, Decoded | Joined | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.cache and self.transforms.train is not None:
@@ -112,18 +142,26 @@ class FileSplit:
     def labels(self) -> list[int]:
         return [label for _, label in self.items]
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        if self.cache:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Iterator[Batch]:
+        augment = generator is not None and self.transforms.train is not None
+        stored = self._stored(augment)
+        if stored is None and self.cache:
             return tensor_batches(*self._all(), batch_size, generator)
-        if generator is None:
-            return self._load([(i, None) for i in range(len(self))], batch_size)
-        order = torch.randperm(len(self), generator=generator).tolist()
-        if self.transforms.train is None:
-            return self._load([(i, None) for i in order], batch_size)
-        seeds = torch.randint(0, 2**62, (len(self),), generator=generator).tolist()
-        return self._load(list(zip(order, seeds)), batch_size)
+        # The generator is read in the same order on every path: the batch order, then one seed per image.
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        seeds = torch.randint(0, 2**62, (len(self),), generator=generator).tolist() if augment else None
+        if stored is None:
+            return self._load(list(zip(order.tolist(), seeds or [None] * len(self))), batch_size)
+        return self._read(stored, order.numpy(), seeds, batch_size, device)
 
     def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        stored = self._stored(augment=False)
+        if stored is not None:
+            for start in range(0, len(index), batch_size):
+                yield stored.take(index[start:start + batch_size].numpy(), pin=False)
+            return
         if self.cache:
             images = self._all()[0]
             for start in range(0, len(index), batch_size):
@@ -135,7 +173,50 @@ class FileSplit:
     def merged_with(self, other: Split) -> FileSplit:
         if not isinstance(other, FileSplit) or other.transforms is not self.transforms:
             raise TypeError("a file split merges only with a split of the same task")
-        return FileSplit(self.items + other.items, self.transforms, self.workers, self.cache)
+        return FileSplit(self.items + other.items, self.transforms, self.workers, self.cache, (self, other))
+
+    def _stored(self, augment: bool) -> Decoded | Joined | None:
+        """The decode-cache entry for this split's eval pipeline, or for its stored training images when
+        `augment`; None when the cache is off or over its bound, or when the training pipeline cannot run on the
+        device (it then stays on the file path)."""
+        if augment and self.transforms.device_crop is None:
+            return None
+        if augment not in self._entries:
+            if self.parts:
+                parts = [part._stored(augment) for part in self.parts]
+                self._entries[augment] = None if any(part is None for part in parts) else Joined(parts)
+            else:
+                transform = self.transforms.store if augment else self.transforms.eval
+                self._entries[augment] = DECODED.get([path for path, _ in self.items], transform,
+                                                     _steps(transform), self.workers)
+        return self._entries[augment]
+
+    def _read(self, stored: Decoded | Joined, order: np.ndarray, seeds: list[int] | None, batch_size: int,
+              device: torch.device | None) -> Iterator[Batch]:
+        crop = self.transforms.device_crop
+        pin = device is not None and device.type == "cuda"
+        for images, labels, boxes, sizes in self.host_batches(stored, order, seeds, batch_size, pin):
+            if device is not None:
+                images = images.to(device, non_blocking=True)
+            if boxes is not None and crop is not None:
+                images = crop.apply(images, boxes, sizes)
+            yield images, labels
+
+    def host_batches(
+        self, stored: Decoded | Joined, order: np.ndarray, seeds: list[int] | None, batch_size: int, pin: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """The host's share of a cached pass, batch by batch: the stored images gathered from the memory map, their
+        labels, and (with `seeds`) each image's crop box and flip and original size. `bench perf` times it alone:
+        it is what a GPU would wait for."""
+        labels = torch.tensor(self.labels)
+        sizes = stored.sizes
+        crop = self.transforms.device_crop
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            boxes = None
+            if seeds is not None and crop is not None:
+                boxes = crop.draw(seeds[start:start + batch_size], sizes[index])
+            yield stored.take(index, pin), labels[index], boxes, torch.from_numpy(sizes[index])
 
     def _all(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._decoded is None:

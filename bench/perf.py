@@ -1,7 +1,7 @@
 """`bench perf`: how much of the machine goes into the runs and how little into the harness, as ratios.
 
 Shared machines are noisy, so every figure is a ratio of two timings taken in the same process, interleaved
-(A B A B ...), and summarised by medians. Each figure has a target (from issue 6); a ratio passes when it meets the
+(A B A B ...), and summarised by medians. Each figure has a target (from issues 6 and 13); a ratio passes when it meets the
 target, passes "within noise" when it misses by at most `NOISE_MARGIN` of the target, and fails otherwise. Targets
 that only describe (memory, thread layout) are reported as `info`. Nothing here is asserted in CI: the slow twins of
 every fast path are checked for *correctness* in tests/test_perf_paths.py.
@@ -9,23 +9,30 @@ every fast path are checked for *correctness* in tests/test_perf_paths.py.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import multiprocessing
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from bench import engine, recipes
-from bench.backbone import Backbone, load_backbone
+from bench.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from bench.cache import TensorCache
 from bench.config import RunSpec
 from bench.data import TASKS, Preprocess
-from bench.cache import TensorCache
+from bench.decoded import DECODED
 from bench.kmeans import inertia, kmeans
 from bench.method import METHODS, Adapted, BuildContext
 
@@ -406,8 +413,237 @@ def thread_layouts(backbone: str, steps: int) -> list[Figure]:
                    note=f"--jobs J on {cores} cores gives each worker {cores}//J threads", details=rates)]
 
 
-def run_perf(backbone: str, quick: bool, progress: Callable[[str], None] = lambda _: None) -> list[Figure]:
-    """Every comparison of issue 6, in order; `quick` measures fewer repeats, epochs and k-means layers."""
+# (7) the data path, the per-run fixed cost, and the GPU figures (issue 13) -----------------------------------------
+
+# The issue's CUB-sized setting: JPEGs at 448×336 in VPT's JSON layout, batch 32, ViT-B/16 at 224 px, random weights.
+FIXTURE_SIZE = (448, 336)
+VIT_B = "vit_base_patch16_224"
+HOST_TARGET = 10_000
+
+
+def jpeg_fixture(root: Path, classes: int, per_class: dict[str, int], size: tuple[int, int] = FIXTURE_SIZE) -> Path:
+    """A CUB-shaped dataset (`CUB_200_2011/{train,val,test}.json`, JPEGs under `images/`), seeded: smooth colour
+    fields with pixel noise, so that decoding costs what a photograph of that size costs."""
+    rng = np.random.default_rng(0)
+    dataset = root / "CUB_200_2011"
+    width, height = size
+    for split, count in per_class.items():
+        mapping = {f"{c:03d}.class/{split}_{i}.jpg": c for c in range(1, classes + 1) for i in range(count)}
+        for relpath in mapping:
+            coarse = Image.fromarray(rng.integers(0, 256, (height // 32, width // 32, 3), dtype=np.uint8))
+            smooth = np.asarray(coarse.resize(size, Image.BICUBIC), dtype=np.int16)
+            noisy = (smooth + rng.integers(-12, 13, smooth.shape)).clip(0, 255).astype(np.uint8)
+            path = dataset / "images" / relpath
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(noisy).save(path, quality=90)
+        (dataset / f"{split}.json").write_text(json.dumps(mapping))
+    return root
+
+
+@contextlib.contextmanager
+def _decode_cache_at(directory: Path | None) -> Iterator[None]:
+    saved = DECODED.directory
+    DECODED.directory = directory
+    try:
+        yield
+    finally:
+        DECODED.directory = saved
+
+
+def _epoch_rate(split: Any, device: torch.device | None, batch_size: int = 32) -> float:
+    """Images per second of one shuffled pass over `split`, delivered to `device` (everything queued there done)."""
+    start = time.perf_counter()
+    count = sum(len(labels) for _, labels in split.batches(batch_size, torch.Generator().manual_seed(0), device))
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def _host_seconds(load: Callable[[], Any], pin: bool) -> float:
+    """Seconds per image of the host's share of a cached training epoch (`FileSplit.host_batches`) on a fresh split:
+    its cache look-up, the epoch's order and seeds, then per batch the gather, the draws and the labels."""
+    start = time.perf_counter()
+    split = load().train
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(split), generator=generator).numpy()
+    seeds = torch.randint(0, 2**62, (len(split),), generator=generator).tolist()
+    count = sum(len(y) for _, y, _, _ in split.host_batches(split._stored(True), order, seeds, 32, pin))
+    return (time.perf_counter() - start) / count
+
+
+def data_path(root: Path, device: torch.device, repeats: int) -> list[Figure]:
+    """The training data path of an FGVC task: decoding every epoch (the file path) against the decode cache.
+
+    The host's share is what a GPU would wait for: per batch, the gather from the memory map (into pinned memory on
+    a GPU machine) and every image's box and flip; the crop itself is a handful of kernel launches per batch on the
+    GPU. It must serve at least `HOST_TARGET` images/s.
+    """
+    load = lambda: TASKS.get("cub").load(root)  # noqa: E731  (a fresh split: nothing held in memory)
+    with _decode_cache_at(None):
+        files = 1 / _epoch_rate(load().train, None)
+    with _decode_cache_at(root / "cache"):
+        split = load().train
+        next(split.image_batches(torch.tensor([0]), 1))  # builds the eval entry; the first epoch builds the other
+        DECODED.drain()
+        _epoch_rate(split, None)
+        built = [e["first_pass"] for e in DECODED.drain() if e["status"] == "built"]
+        median = interleaved({
+            "host": lambda: _host_seconds(load, device.type == "cuda"),
+            "device": lambda: 1 / _epoch_rate(load().train, device),
+            "eval": lambda: _eval_seconds(load),
+        }, repeats)
+    rates = {name: 1 / seconds for name, seconds in median.items()}
+    first = built[0] if built else {"images_per_s": float("nan"), "shape": []}
+    count = len(split)
+    return [
+        Figure("data path: decode cache first pass (whole images at 256², workers)",
+               f"{first['images_per_s']:,.0f} img/s", None, "info",
+               note=f"{count} JPEGs {FIXTURE_SIZE[0]}×{FIXTURE_SIZE[1]}; once per split, then every run reads it"),
+        Figure("data path: host side of a cached training epoch (gather 256² uint8, per-image draws)",
+               f"{rates['host']:,.0f} img/s", rates["host"], f"≥ {HOST_TARGET:,} img/s", HOST_TARGET, higher=True,
+               note="the rate at which this host can feed a GPU, which crops the batch itself",
+               details=rates),
+        Figure(f"data path: cached training epoch with the crop computed on {device.type}",
+               f"{rates['device']:,.0f} img/s vs {1 / files:,.0f} img/s decoding every epoch",
+               rates["device"] * files, "info", note="ratio: cached / file path (PIL decode + crop per image)"),
+        Figure("data path: cached evaluation pass (224² uint8, no augmentation)", f"{rates['eval']:,.0f} img/s",
+               None, "info"),
+    ]
+
+
+def _eval_seconds(load: Callable[[], Any]) -> float:
+    """Seconds per image of an unshuffled pass over a fresh train split (the cache's eval entry)."""
+    split = load().train
+    start = time.perf_counter()
+    count = sum(len(labels) for _, labels in split.batches(64))
+    return (time.perf_counter() - start) / count
+
+
+def fixed_cost(root: Path, backbone: str, device: torch.device) -> Figure:
+    """What a run spends outside its timed parts (backbone, task and cache set-up, copies to the device): the second
+    of two identical one-epoch vpt-deep runs, as the runs of a sweep after the first in one worker."""
+    spec = recipes.make_spec("vpt-deep", "cub", backbone, 0, {"epochs": 1}, recipe=recipes.NONE)
+    overheads = []
+    with _decode_cache_at(root / "cache"):
+        for _ in range(2):
+            seconds, record = _timed(lambda: engine.run(spec, str(device), data_root=root))
+            overheads.append(seconds - sum(record["wallclock"].values()))
+    return Figure(f"per-run fixed cost, {backbone} (warm worker: backbone and decoded splits held)",
+                  f"{overheads[1]:.2f} s (first run {overheads[0]:.2f} s)", overheads[1], "≤ 2 s", 2.0,
+                  note="run wall-clock minus its timed parts (prompt construction, train, eval, probe)",
+                  details={"first": overheads[0], "warm": overheads[1]})
+
+
+def _bare_batches(split: Any, preprocess: Preprocess, batch_size: int, dev: torch.device,
+                  generator: torch.Generator | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(preprocess(x.to(dev)), y.to(dev)) for x, y in split.batches(batch_size, generator, dev)]
+
+
+def engine_vs_bare(root: Path, backbone: str, device: torch.device, epochs: int) -> list[Figure]:
+    """Training and test inference through the engine against bare loops over the same model, batch size and
+    precision, on batches already on the device (preprocessed), for vpt-deep and full."""
+    figures = []
+    with _decode_cache_at(root / "cache"):
+        for method in ("vpt-deep", "full"):
+            spec = recipes.make_spec(method, "cub", backbone, 0, {"epochs": epochs}, recipe=recipes.NONE)
+            record = engine.run(spec, str(device), data_root=root)
+            batch = spec.hparams["batch_size"]
+            data = TASKS.get("cub").load(root)
+            torch.manual_seed(0)
+            bb = engine.BACKBONES_LOADED.get(backbone)
+            bb.model.to(device)
+            preprocess = Preprocess(bb.input_size, bb.mean, bb.std).to(device)
+            config = METHODS.get(method).config_cls.from_overrides(spec.hparams)
+            ctx = BuildContext(bb, TASKS.get("cub").num_classes, data.train, preprocess,
+                               torch.Generator().manual_seed(0), device)
+            adapted = METHODS.get(method).build(config, ctx)
+            model = nn.Sequential(adapted.trunk, adapted.head).to(device).train()
+            train = _bare_batches(data.train, preprocess, batch, device, torch.Generator().manual_seed(0))
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+            def step(x: torch.Tensor, y: torch.Tensor) -> None:
+                with engine.mixed_precision(device):
+                    loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            step(*train[0])
+            bare_train = _device_rate(device, lambda: [step(x, y) for x, y in train], len(data.train))
+            test = _bare_batches(data.test, preprocess, batch, device, None)
+            model.eval()
+
+            @torch.no_grad()
+            def infer() -> None:
+                for x, _ in test:
+                    with engine.mixed_precision(device):
+                        model(x).argmax(1)
+
+            bare_test = _device_rate(device, infer, len(data.test))
+            ours = record["throughput"]
+            figures += [
+                Figure(f"{method} on {backbone}: engine / bare training loop (img/s)",
+                       f"{ours['train_images_per_s']:,.0f} / {bare_train:,.0f}",
+                       ours["train_images_per_s"] / bare_train, "≥ 0.9×", 0.9, higher=True,
+                       note=f"batch {batch}, {epochs} epoch(s), decode cache warm"),
+                Figure(f"{method} on {backbone}: engine test inference / bare no-grad loop (img/s)",
+                       f"{ours['test_images_per_s']:,.0f} / {bare_test:,.0f}",
+                       ours["test_images_per_s"] / bare_test, "≥ 0.8×", 0.8, higher=True),
+            ]
+    return figures
+
+
+def _device_rate(device: torch.device, work: Callable[[], Any], images: int) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images / (time.perf_counter() - start)
+
+
+def jobs_on_one_device(root: Path, device: str, jobs: tuple[int, int], methods: list[str], tasks: list[str],
+                       epochs: int) -> Figure:
+    """A micro grid (`methods` × `tasks`, names or aliases) with `--jobs` jobs[1] against jobs[0] on one device,
+    each in a fresh results folder."""
+    from bench.scheduler import Execution, Grid, GridEvents, execute
+    from bench.store import Store
+
+    seconds = {}
+    grid = Grid(METHODS.resolve(methods), TASKS.resolve(tasks), [DEFAULT_BACKBONE], [0], {"epochs": [str(epochs)]})
+    for count in jobs:
+        specs = grid.fixed_specs()
+        store = Store(root / f"grid-jobs{count}")
+        seconds[count], result = _timed(lambda: execute(specs, Execution(store, device, count), GridEvents()))
+        failed = [o.error for o in result.outcomes if o.status != "done"]
+        if failed:
+            raise RuntimeError(f"a micro-grid run failed under --jobs {count}: {failed[0]}")
+    few, many = jobs
+    return Figure(f"micro grid ({len(specs)} runs) on one {device}: --jobs {many} / --jobs {few} throughput",
+                  f"{seconds[few]:.1f} s / {seconds[many]:.1f} s", seconds[few] / seconds[many], "≥ 2×", 2.0,
+                  higher=True, details={str(k): v for k, v in seconds.items()})
+
+
+def device_figures(device: torch.device, quick: bool, work: Path) -> list[Figure]:
+    """Issue 13's figures: the data path (every device), the per-run fixed cost of ViT-B, and on a GPU the engine
+    against bare loops and several runs sharing the GPU."""
+    root = jpeg_fixture(work / "data", classes=16, per_class={"train": 16 if quick else 32, "val": 2, "test": 8})
+    figures = data_path(root, device, 2 if quick else 3)
+    if device.type != "cuda":
+        # ViT-B trains at a few images per second on a CPU: its fixed cost is measured on a smaller copy.
+        small = jpeg_fixture(work / "small", classes=2, per_class={"train": 2, "val": 1, "test": 2})
+        return figures + [fixed_cost(small, VIT_B, device)]
+    figures.append(fixed_cost(root, VIT_B, device))
+    figures += engine_vs_bare(root, VIT_B, device, 1 if quick else 2)
+    figures.append(jobs_on_one_device(work, "cuda", (1, 4), ["linear", "vpt-deep", "spt-deep"], ["micro"], 2))
+    return figures
+
+
+def run_perf(
+    backbone: str, quick: bool, progress: Callable[[str], None] = lambda _: None, device: str = "cpu"
+) -> list[Figure]:
+    """Every comparison of issues 6 and 13, in order; `quick` measures fewer repeats, epochs and k-means layers."""
     repeats = 2 if quick else 3
     figures: list[Figure] = []
     steps: list[tuple[str, Callable[[], list[Figure]]]] = [
@@ -417,8 +653,15 @@ def run_perf(backbone: str, quick: bool, progress: Callable[[str], None] = lambd
         ("sampled construction", lambda: [sampled_construction(backbone, 3 * repeats)]),
         ("frozen backbone", lambda: frozen(backbone, 3 * repeats)),
         ("threads", lambda: thread_layouts(backbone, 16 if quick else 32)),
+        (f"data path and device ({device})", lambda: _in_temporary(lambda work: device_figures(
+            torch.device(device), quick, work))),
     ]
     for name, measure in steps:
         progress(name)
         figures += measure()
     return figures
+
+
+def _in_temporary(measure: Callable[[Path], list[Figure]]) -> list[Figure]:
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as work:
+        return measure(Path(work))

@@ -26,6 +26,7 @@ from joblib import Parallel, delayed, parallel_config
 
 from bench import BenchError, recipes
 from bench.config import RunSpec
+from bench.decoded import DECODED
 from bench.engine import FEATURES, run
 from bench.kmeans import CENTROIDS
 from bench.method import METHODS
@@ -231,6 +232,7 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
         # Shared by every run of a sweep, in any process that sees this results directory (see bench.cache).
         CENTROIDS.directory = execution.store.root / "cache" / "centroids"
         FEATURES.directory = execution.store.root / "cache" / "features"
+        DECODED.directory = execution.store.root / "cache" / "decoded"
         if hooks is not None:
             hooks.run_started(spec)
         on_epoch = (lambda e, n, loss, acc: hooks.epoch(spec, e, n, loss, acc)) if hooks is not None else None
@@ -253,21 +255,32 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
 
 
 def _device(execution: Execution) -> str:
-    """`cuda` with several GPUs and several jobs: each worker process claims one GPU no other worker holds."""
+    """`cuda` with several jobs: each worker process claims a GPU slot for its lifetime (see `claim_gpu`)."""
     if execution.device != "cuda" or execution.jobs <= 1:
         return execution.device
     import torch
 
     if not _worker_gpu:
-        for index in range(torch.cuda.device_count()):
-            claim = FileLock(str(execution.store.root / "locks" / f"gpu{index}.lock"))
+        claimed = claim_gpu(execution.store.root / "locks", torch.cuda.device_count(), execution.jobs)
+        if claimed is not None:
+            _worker_gpu.append(claimed)
+    return _worker_gpu[0][1] if _worker_gpu else execution.device
+
+
+def claim_gpu(locks: Path, gpus: int, jobs: int) -> tuple[FileLock, str] | None:
+    """The first free (slot, GPU) in slot-major order, so J workers on G GPUs spread evenly: with J ≤ G each holds a
+    GPU of its own, as before; with J > G (one GPU and --jobs 4, say) the GPUs are shared, ⌈J/G⌉ workers each at
+    most, since small runs leave most of a GPU idle. The lock is held until the worker process exits."""
+    locks.mkdir(parents=True, exist_ok=True)
+    for slot in range(max(1, -(-jobs // max(1, gpus)))):
+        for index in range(gpus):
+            claim = FileLock(str(locks / f"gpu{index}.slot{slot}.lock"))
             try:
                 claim.acquire(timeout=0)
             except Timeout:
                 continue
-            _worker_gpu.append((claim, f"cuda:{index}"))
-            break
-    return _worker_gpu[0][1] if _worker_gpu else execution.device
+            return claim, f"cuda:{index}"
+    return None
 
 
 # The GPU this worker process claimed, with the lock that holds it until the process exits.

@@ -71,6 +71,7 @@ ERRORS = {
     "crafted-weights-dry-run": (["--weights", "{tmp}/crafted.pth", "--dry-run"], "refusing to load checkpoint"),
     "missing-image": (["--tasks", "dogs", "--data-root", "{tmp}/data"], "1 listed image(s) missing"),
     "results-is-a-file": (["--results", "{tmp}/a_file/results"], "is a file, not a folder"),
+    "unknown-device": (["--device", "tpu"], "auto, cpu, cuda or cuda:N"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import data_fixtures as fx
 import pytest
 import torch
 
@@ -13,7 +14,6 @@ from bench import BenchError
 from bench.data import TASKS
 from bench.imagefiles import FileSplit
 from bench.layouts import stratified_holdout
-import data_fixtures as fx
 
 
 def _labels(split: FileSplit) -> Counter:

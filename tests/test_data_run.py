@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import data_fixtures as fx
+import torch
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,6 +36,11 @@ def test_bench_run_cub_from_a_fixture_and_the_data_root_does_not_change_the_run_
     assert final["status"] == "done" and final["metrics"]["test_acc"] is not None
     assert final["task"]["layout"] == "fgvc-vpt-json" and final["task"]["split_sizes"]["train"] == 9
     assert "RandomResizedCrop" in final["task"]["transforms"]["train"][0]
+    # --device defaults to auto: a GPU when torch sees one, and the record says which ran.
+    assert final["provenance"]["torch_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    # The final stage reads train+val from the entries the tuning runs built, and builds only test's.
+    assert {e["status"] for e in final["data_path"]} == {"read", "built"}
+    assert len(list((results / "cache" / "decoded").glob("*/images.npy"))) == 3
 
     moved = shutil.move(data, tmp_path / "elsewhere")
     second = _bench(*args, "--data-root", str(moved))

@@ -29,9 +29,9 @@ from bench.backbone import DEFAULT_BACKBONE
 from bench.cli import main
 from bench.config import RunSpec
 from bench.data import TASKS, Task, TaskData, TensorSplit
-from bench.recipes import RECIPES, make_spec
 from bench.method import METHODS
 from bench.progress import GridDisplay
+from bench.recipes import RECIPES, make_spec
 from bench.registry import Entry
 from bench.scheduler import Execution, Grid, GridEvents, execute, final_specs, select_best
 from bench.store import Store, summarise, variant_labels
@@ -190,9 +190,9 @@ class GuardedSplit:
         if self.armed:
             raise AssertionError(f"the test split was read ({what})")
 
-    def batches(self, batch_size, generator=None):
+    def batches(self, batch_size, generator=None, device=None):
         self._read("batches")
-        return self.inner.batches(batch_size, generator)
+        return self.inner.batches(batch_size, generator, device)
 
     def image_batches(self, index, batch_size):
         self._read("image_batches")

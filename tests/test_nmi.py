@@ -9,8 +9,8 @@ from sklearn.metrics import normalized_mutual_info_score
 import methods  # noqa: F401  (registers the methods)
 import tasks  # noqa: F401  (registers the tasks)
 from bench.engine import run
-from bench.recipes import make_spec
 from bench.nmi import PromptPatchNMI, fit_codebook, nmi, prompt_patch_nmi
+from bench.recipes import make_spec
 
 
 def labels(seed: int, classes: int, count: int = 2000) -> torch.Tensor:

@@ -113,3 +113,20 @@ def test_the_memory_of_a_cache_keeps_the_most_recently_used_entries_within_its_b
     computed = []
     cache.get_or_compute("a", lambda: computed.append("a") or (torch.zeros(100), torch.ones(0)))
     assert computed == ["a"], "a, the least recently used, was evicted"
+
+
+def test_the_data_path_and_device_figures_measure_the_paths_they_name_on_the_cpu(tiny_registered, tmp_path):
+    """`bench perf`'s issue-13 figures, device-agnostic code run here on the CPU at toy sizes: each must measure a
+    finite positive ratio, and the engine's run must have read the decode cache, not the files."""
+    import math
+
+    from bench.perf import data_path, engine_vs_bare, fixed_cost, jobs_on_one_device, jpeg_fixture
+
+    backbone, _ = tiny_registered
+    root = jpeg_fixture(tmp_path / "data", classes=2, per_class={"train": 4, "val": 1, "test": 2}, size=(64, 48))
+    cpu = torch.device("cpu")
+    figures = data_path(root, cpu, repeats=1) + engine_vs_bare(root, backbone, cpu, epochs=1)
+    figures += [fixed_cost(root, backbone, cpu), jobs_on_one_device(tmp_path, "cpu", (1, 2), ["linear"], ["digits"], 1)]
+    assert len(figures) == 10
+    assert all(f.ratio is None or (math.isfinite(f.ratio) and f.ratio > 0) for f in figures), figures
+    assert len(list((root / "cache").glob("*/images.npy"))) == 4, "train (eval and stored), val, test"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from bench.backbone import ViTFeatures
 from bench.data import Preprocess, TensorSplit
 from bench.method import METHODS, BuildContext
-from bench.backbone import ViTFeatures
 from methods.prompt import PromptedViT
 
 POOLINGS = {

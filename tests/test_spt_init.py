@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench import BenchError
 from bench.data import Preprocess, TensorSplit
 from bench.kmeans import kmeans
-from bench import BenchError
 from bench.method import METHODS, BuildContext
 from methods.prompt import run_pool
 

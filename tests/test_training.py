@@ -14,7 +14,7 @@ from bench.method import METHODS, BuildContext
 from bench.recipes import make_spec
 
 # The engine's real functions, captured before any test wraps them (spies must not wrap earlier spies).
-_REAL_LOAD_BACKBONE = engine.load_backbone
+_REAL_LOAD_BACKBONE = engine.BACKBONES_LOADED.get
 _REAL_OPTIMIZER = engine._optimizer
 
 PROMPTED = ("vpt-shallow", "vpt-deep", "spt-shallow", "spt-deep")
@@ -32,7 +32,7 @@ def _intended(method: str, name: str) -> bool:
 
 
 class Spy:
-    """Wraps the engine's real backbone loader and optimiser factory to keep hold of what they were given."""
+    """Wraps the engine's real backbone source and optimiser factory to keep hold of what they were given."""
 
     def __init__(self, monkeypatch):
         self.backbone = None
@@ -51,7 +51,7 @@ class Spy:
             self.learnable_at_start = {n: p.detach().clone() for n, p in self.learnable}
             return real_optimizer(learnable, config)
 
-        monkeypatch.setattr(engine, "load_backbone", load)
+        monkeypatch.setattr(engine.BACKBONES_LOADED, "get", load)
         monkeypatch.setattr(engine, "_optimizer", optimizer)
 
 
