@@ -1,4 +1,5 @@
-"""Train and evaluate one run: backbone -> method -> optimisation -> record.
+"""Train and evaluate one run in four steps: `prepare` (task, backbone, the method's adaptation), `fit` (the epochs),
+`evaluate` (test, in the stages that may read it) and `record` (the JSON-ready record the store writes).
 
 The engine trains whatever the method marked learnable. When the method says its trunk is frozen (the linear probe),
 features of the train and val splits are extracted once and only the head trains on them; test features are
@@ -26,7 +27,7 @@ from bench import BenchError, recipes
 from bench.backbone import Backbone, LoadedBackbones
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
-from bench.data import TASKS, Preprocess, Split, tensor_batches
+from bench.data import TASKS, Preprocess, Split, Task, TaskData, tensor_batches
 from bench.decoded import DECODED
 from bench.method import METHODS, Adapted, BuildContext, Probe
 
@@ -55,25 +56,69 @@ class _Timer:
         self.seconds += time.perf_counter() - self._start
 
 
+@dataclass
+class Prepared:
+    """A run made ready to train: its data, the adapted model and the inputs each pass reads.
+
+    Attributes:
+        model: what trains (the head alone on a frozen trunk's cached features, else trunk and head).
+        prepare: what turns a batch of `train_batches`/`val_batches` into the model's input.
+        train_batches: generator -> shuffled training batches (cached features or images).
+        val_batches: () -> validation batches; None when the run does not score val (the final stage).
+        probe_batch: the method's fixed probe images, preprocessed; None when the method measures nothing.
+    """
+
+    spec: RunSpec
+    config: TrainConfig
+    device: torch.device
+    task: Task
+    data: TaskData
+    train_split: Split
+    backbone: Backbone
+    backbone_info: dict[str, Any]
+    preprocess: Preprocess
+    adapted: Adapted
+    learnable: list[tuple[str, nn.Parameter]]
+    generator: torch.Generator
+    model: nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    train_batches: Callable[[torch.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None
+    probe_batch: torch.Tensor | None
+    timers: dict[str, _Timer]
+
+
+@dataclass
+class Fitted:
+    curves: dict[str, list[Any]]
+    epochs: int
+
+
 def run(
     spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None, data_root: Path | None = None
 ) -> dict[str, Any]:
-    """Execute `spec` and return its record (a JSON-ready dict).
+    """Execute `spec` and return its record (a JSON-ready dict): prepare, fit, evaluate on test, record.
 
     `data_root` is where file-backed tasks find their datasets; it is not part of the spec (nor its id): the same
     data may live in different places on different machines.
     """
-    dev = torch.device(device)
+    DECODED.drain()  # what the decode cache does from here on belongs to this run's record
+    prepared = prepare(spec, torch.device(device), data_root)
+    fitted = fit(prepared, on_epoch)
+    test_acc, test_seconds = evaluate(prepared)
+    return record(prepared, fitted, test_acc, test_seconds)
+
+
+def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepared:
+    """Load the task and the backbone, let the method adapt it, and set up what each pass reads."""
     method = METHODS.get(spec.method)
     config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
     task = TASKS.get(spec.task)
-    DECODED.drain()  # what the decode cache does from here on belongs to this run's record
     data = task.load(data_root)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
     # only stage that reads test; `fixed` trains on train, follows val and reports test.
     train_split = data.train.merged_with(data.val) if spec.stage == "final" else data.train
     scores_val = spec.stage != "final"
-    reads_test = spec.stage != "tune"
 
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
@@ -89,101 +134,117 @@ def run(
     adapted = method.build(config, ctx)
     adapted.trunk.to(dev)
     adapted.head.to(dev)
-    learnable = _learnable(adapted)
-    params = _param_counts(adapted, learnable, backbone_info["num_params"])
-
-    timers = {name: _Timer() for name in ("feature_cache", "train", "eval", "probe")}
-    curves: dict[str, list[Any]] = {"train_loss": [], "val_acc": []}
+    timers = {name: _Timer() for name in ("feature_cache", "train", "eval", "test", "probe")}
+    probe_batch = None
     if adapted.probe is not None:
         # The first images of the unshuffled train split: the same batch at every epoch, and never the test split.
         probe_batch = preprocess(next(iter(train_split.batches(adapted.probe.images)))[0].to(dev))
-        with timers["probe"]:
-            _measure(adapted.probe, adapted.trunk, probe_batch, curves)
+
+    batch = config.batch_size
     if adapted.trunk_frozen:
         # A frozen trunk is a fixed function of the backbone, so its features depend on what builds it and what it
         # reads; never on the seed or the head's hyper-parameters. The test split is never cached.
         # (The batch size is in the key only because float results may differ, in the last bits, across batch sizes.)
         source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone_info, spec.task,
-                  data.info, config.batch_size, dev.type)
+                  data.info, batch, dev.type)
         train_name = "train+val" if spec.stage == "final" else "train"
         with timers["feature_cache"]:
-            train_in = _cached_features(source, train_name, adapted.trunk, train_split, preprocess, config.batch_size,
-                                        dev)
-            val_in = (_cached_features(source, "val", adapted.trunk, data.val, preprocess, config.batch_size, dev)
-                      if scores_val else None)
+            train_in = _cached_features(source, train_name, adapted.trunk, train_split, preprocess, batch, dev)
+            val_in = _cached_features(source, "val", adapted.trunk, data.val, preprocess, batch, dev) if scores_val \
+                else None
         model: nn.Module = adapted.head
-        prepare: Callable[[torch.Tensor], torch.Tensor] = _identity
-        train_batches = lambda gen: tensor_batches(*train_in, config.batch_size, gen)  # noqa: E731
-        val_batches = lambda: tensor_batches(*val_in, config.batch_size)  # noqa: E731
+        prepare_batch: Callable[[torch.Tensor], torch.Tensor] = _identity
+        train_batches = lambda gen: tensor_batches(*train_in, batch, gen)  # noqa: E731
+        val_batches = (lambda: tensor_batches(*val_in, batch)) if scores_val else None  # noqa: E731
     else:
         model = nn.Sequential(adapted.trunk, adapted.head)
-        prepare = preprocess
-        train_batches = lambda gen: train_split.batches(config.batch_size, gen, dev)  # noqa: E731
-        val_batches = lambda: data.val.batches(config.batch_size, device=dev)  # noqa: E731
+        prepare_batch = preprocess
+        train_batches = lambda gen: train_split.batches(batch, gen, dev)  # noqa: E731
+        val_batches = (lambda: data.val.batches(batch, device=dev)) if scores_val else None  # noqa: E731
+    return Prepared(spec, config, dev, task, data, train_split, backbone, backbone_info, preprocess, adapted,
+                    _learnable(adapted), generator, model, prepare_batch, train_batches, val_batches, probe_batch,
+                    timers)
 
-    optimizer = _optimizer(learnable, config)
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    epochs = config.epochs or task.epochs
+
+def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
+    """Train for the configured epochs: the method's probe at init and after every epoch, val accuracy per epoch."""
+    curves: dict[str, list[Any]] = {"train_loss": [], "val_acc": []}
+    if p.probe_batch is not None:
+        with p.timers["probe"]:
+            _measure(p.adapted.probe, p.adapted.trunk, p.probe_batch, curves)
+    config, dev = p.config, p.device
+    optimizer = _optimizer(p.learnable, config)
+    steps_per_epoch = math.ceil(len(p.train_split) / config.batch_size)
+    epochs = config.epochs or p.task.epochs
     unit = steps_per_epoch if config.lr_step == "epoch" else 1
-    scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch / unit),
-                              epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit)
+    lr_schedule = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch / unit),
+                                epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit)
 
     for epoch in range(epochs):
-        model.train()
-        with timers["train"]:
-            train_loss = train_epoch(model, train_batches(generator), prepare, optimizer, scheduler, dev)
+        p.model.train()
+        with p.timers["train"]:
+            train_loss = train_epoch(p.model, p.train_batches(p.generator), p.prepare, optimizer, lr_schedule, dev)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
         val_acc = None
-        if scores_val:
-            with timers["eval"]:
-                val_acc = _accuracy(model, val_batches(), prepare, dev)
+        if p.val_batches is not None:
+            with p.timers["eval"]:
+                val_acc = _accuracy(p.model, p.val_batches(), p.prepare, dev)
             curves["val_acc"].append(val_acc)
         curves["train_loss"].append(train_loss)
-        if adapted.probe is not None:
-            with timers["probe"]:
-                _measure(adapted.probe, adapted.trunk, probe_batch, curves)
+        if p.probe_batch is not None:
+            with p.timers["probe"]:
+                _measure(p.adapted.probe, p.adapted.trunk, p.probe_batch, curves)
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs, train_loss, val_acc)
+    return Fitted(curves, epochs)
 
-    test_timer, test_acc = _Timer(), None
-    if reads_test:
-        with test_timer:
-            # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
-            test_model = nn.Sequential(adapted.trunk, adapted.head) if adapted.trunk_frozen else model
-            test_acc = _accuracy(test_model, data.test.batches(config.batch_size, device=dev), preprocess, dev)
-        timers["eval"].seconds += test_timer.seconds
 
-    train_images = epochs * len(train_split)
+def evaluate(p: Prepared) -> tuple[float | None, float]:
+    """Test accuracy after training, and the seconds it took; (None, 0) in the tune stage, which never reads test."""
+    if p.spec.stage == "tune":
+        return None, 0.0
+    with p.timers["test"]:
+        # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
+        model = nn.Sequential(p.adapted.trunk, p.adapted.head) if p.adapted.trunk_frozen else p.model
+        test_acc = _accuracy(model, p.data.test.batches(p.config.batch_size, device=p.device), p.preprocess, p.device)
+    return test_acc, p.timers["test"].seconds
+
+
+def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: float) -> dict[str, Any]:
+    """The run's record, as the store writes it."""
+    spec, timers = p.spec, p.timers
+    train_images = fitted.epochs * len(p.train_split)
     return {
         "id": spec.run_id,
         "spec": spec.to_dict(),
         "status": "done",
         "recipe": recipes.describe(spec.recipe) if spec.recipe else None,
-        "task": {"name": task.name, "group": task.group, "num_classes": task.num_classes, **data.info},
-        "backbone": backbone_info,
-        "method_info": adapted.info,
-        "curves": curves,
-        "metrics": {"val_acc": curves["val_acc"][-1] if curves["val_acc"] else None, "test_acc": test_acc},
-        "params": params,
-        "extra_tokens": adapted.extra_tokens,
+        "task": {"name": p.task.name, "group": p.task.group, "num_classes": p.task.num_classes, **p.data.info},
+        "backbone": p.backbone_info,
+        "method_info": p.adapted.info,
+        "curves": fitted.curves,
+        "metrics": {"val_acc": fitted.curves["val_acc"][-1] if fitted.curves["val_acc"] else None,
+                    "test_acc": test_acc},
+        "params": _param_counts(p.adapted, p.learnable, p.backbone_info["num_params"]),
+        "extra_tokens": p.adapted.extra_tokens,
         "wallclock": {
-            "prompt_construction": adapted.setup_seconds,
+            "prompt_construction": p.adapted.setup_seconds,
             "feature_cache": timers["feature_cache"].seconds,
             "train": timers["train"].seconds,
-            "eval": timers["eval"].seconds,
+            "eval": timers["eval"].seconds + test_seconds,
             "probe": timers["probe"].seconds,
         },
         "throughput": {
             "train_images_per_s": train_images / timers["train"].seconds if timers["train"].seconds else None,
             # Inference throughput: one no-grad pass over the test split, preprocessing included.
-            "test_images_per_s": len(data.test) / test_timer.seconds if reads_test else None,
+            "test_images_per_s": len(p.data.test) / test_seconds if test_acc is not None else None,
         },
-        "memory": _peak_memory(dev),
+        "memory": _peak_memory(p.device),
         # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files;
         # empty when there was no cache and every pass decoded the files.
         "data_path": DECODED.drain(),
-        "provenance": {**provenance(dev), **_input_provenance(backbone, preprocess)},
+        "provenance": {**provenance(p.device), **_input_provenance(p.backbone, p.preprocess)},
     }
 
 
@@ -192,7 +253,7 @@ def train_epoch(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     prepare: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
     dev: torch.device,
 ) -> float:
     """One pass of cross-entropy training over `batches`; returns the mean loss. A function of its own so that
@@ -207,7 +268,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        lr_schedule.step()
         total += loss.detach() * len(labels)
         seen += len(labels)
     return float(total) / seen
