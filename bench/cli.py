@@ -18,7 +18,7 @@ from rich.table import Table
 from bench import BenchError
 from bench.backbone import DEFAULT_BACKBONE
 
-DEFAULT_METHODS = "linear,vpt-deep,spt-deep"
+DEFAULT_METHODS = "pixels,linear,vpt-deep,spt-deep"
 DEFAULT_TASKS = "micro"
 
 

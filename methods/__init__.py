@@ -1,3 +1,3 @@
 """Tuning methods; importing this package registers every one of them."""
 
-from methods import adaptformer, bitfit, full, ia3, linear, ln_tuning, lora, lycoris, prompt, ssf  # noqa: F401
+from methods import adaptformer, bitfit, full, ia3, linear, ln_tuning, lora, lycoris, pixels, prompt, ssf  # noqa: F401
