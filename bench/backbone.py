@@ -91,6 +91,13 @@ BACKBONES.register(
     "the micro architecture pre-trained offline with MAE (shipped; see bench/weights/MODEL_CARD.md); mean-pooled",
 )
 BACKBONES.register(
+    "micro-mae-init",
+    # The "no pre-training" control of micro-mae: its architecture, normalisation and pooling, and its objective so
+    # that recipes give both the same hyper-parameters; only the weights differ (seeded random init, as micro-vit).
+    BackboneEntry("vit_tiny_patch16_224", HALF, HALF, "mae", "avg", MICRO_ARCH, hub_weights=False),
+    "micro-mae with seeded random weights instead of pre-trained ones (the 'no pre-training' control); mean-pooled",
+)
+BACKBONES.register(
     "mae-vit-b16",
     # MAE pre-trains with ImageNet's mean/std (its main_pretrain.py), whatever file the weights arrive in.
     BackboneEntry(

@@ -100,9 +100,14 @@ def register_method(
 
 
 def linear_head(backbone: Backbone, num_classes: int) -> nn.Linear:
+    """A fresh classifier on the backbone's pooled features (see `classifier`)."""
+    return classifier(backbone.num_features, num_classes)
+
+
+def classifier(in_features: int, num_classes: int) -> nn.Linear:
     """A fresh classifier, initialised as the SPT reference initialises its head (`train_MAE.py` create_model:
     truncated normal with std 0.02, zero bias); drawn from torch's global RNG, which the engine seeds per run."""
-    head = nn.Linear(backbone.num_features, num_classes)
+    head = nn.Linear(in_features, num_classes)
     nn.init.trunc_normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
     return head

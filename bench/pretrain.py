@@ -42,6 +42,9 @@ class MAERecipe:
     corpus_photo_crops: int = 5000
     corpus_sprites: int = 3000
     corpus_scenes: int = 3000
+    # MAE keeps the encoder's sine-cosine position embedding fixed; the shipped weights trained it (False). With mean
+    # pooling nothing else carries position downstream, so a trained table that drifts can lose it.
+    fixed_pos_embed: bool = False
 
 
 def sincos_2d(embed_dim: int, grid: int) -> torch.Tensor:
@@ -63,6 +66,7 @@ class MaskedAutoencoder(nn.Module):
         with torch.no_grad():
             encoder.pos_embed[0, 1:] = sincos_2d(encoder.embed_dim, grid)
             encoder.pos_embed[0, :1] = 0
+        encoder.pos_embed.requires_grad_(not recipe.fixed_pos_embed)
         dim = recipe.decoder_dim
         self.decoder_embed = nn.Linear(encoder.embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -151,8 +155,9 @@ def pretrain_mae(recipe: MAERecipe, on_epoch: EpochLog | None = None) -> tuple[V
     model = MaskedAutoencoder(encoder, recipe)
     preprocess = Preprocess(MICRO_ARCH["img_size"], entry.mean, entry.std)
 
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    learnable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in learnable if p.ndim > 1]
+    no_decay = [p for p in learnable if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.lr, betas=(0.9, 0.95),

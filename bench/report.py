@@ -105,6 +105,7 @@ def load_runs(source: str | Path | Store) -> pd.DataFrame:
     runs = pd.DataFrame([flatten(r) for r in records])
     runs["acc"] = runs["test_acc"]
     runs["nmi"] = [r.get("curves", {}).get("nmi") for r in records]
+    runs["val_curve"] = [r.get("curves", {}).get("val_acc") or None for r in records]
     runs["fraction"] = [r["spec"]["hparams"].get("train_fraction", r.get("task", {}).get("train_fraction"))
                         for r in records]
     runs["variant"] = _variants(runs)
@@ -347,7 +348,7 @@ def _style(i: int) -> dict[str, Any]:
     return {"marker": _MARKERS[i % len(_MARKERS)], "linestyle": _LINES[i % len(_LINES)], "markersize": 5}
 
 
-def _figure() -> tuple[Any, Any]:
+def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 3.2)) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,7 +356,7 @@ def _figure() -> tuple[Any, Any]:
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
-    return plt.subplots(figsize=(6.0, 3.2), constrained_layout=True)
+    return plt.subplots(rows, cols, figsize=size, constrained_layout=True, squeeze=rows * cols == 1)
 
 
 def _legend(ax: Any) -> None:
@@ -519,7 +520,50 @@ def fig_pareto(runs: pd.DataFrame, out: Path) -> list[Path] | str:
     return _save(fig, out, "acc_vs_params_pareto")
 
 
-FIGURES = (fig_nmi, fig_init_ablation, fig_prompt_length, fig_backbone_size, fig_data_fraction, fig_pareto)
+def val_curves(runs: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
+    """Task -> variant (prefixed by its backbone when several) -> val accuracy after each epoch (index 1, 2, ...),
+    the mean over the variant's seeds; tasks in the suites' order. Only `fixed` runs score val every epoch
+    (final-stage runs train on train+val), so only they have curves."""
+    have = runs[runs["val_curve"].notna()]
+    if have.empty:
+        return {}
+    have = have.assign(series=_series_label(have, exclude=None))
+    known = [t for suite in suites() for g in suite.groups for t in g.tasks]
+    curves: dict[str, dict[str, pd.Series]] = {}
+    for task in sorted(set(have["task"]), key=lambda t: (known.index(t) if t in known else len(known), t)):
+        curves[task] = {}
+        for name, frame in have[have["task"] == task].groupby("series"):
+            mean = pd.concat([pd.Series(c) for c in frame["val_curve"]], axis=1).mean(axis=1)
+            curves[task][name] = mean.set_axis(mean.index + 1)
+    return curves
+
+
+def fig_val_curves(runs: pd.DataFrame, out: Path) -> list[Path] | str:
+    """Validation accuracy against epoch, one panel per task, one line per variant: whether runs had plateaued
+    when they stopped."""
+    curves = val_curves(runs)
+    if not curves:
+        return "val-curve figure skipped: no record carries curves['val_acc'] (only fixed-protocol runs score val)"
+    # One style per variant across every panel, so that a single legend serves them all.
+    series = sorted({name for lines in curves.values() for name in lines})
+    cols = min(3, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = _figure(rows, cols, size=(2.6 * cols + 1.8, 2.2 * rows + 0.4))
+    axes = np.atleast_1d(axes).ravel()
+    for ax, (task, lines) in zip(axes, curves.items()):
+        for name, mean in lines.items():
+            ax.plot(mean.index, mean.values, label=name, **{**_style(series.index(name)), "markersize": 3})
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=task, xlabel="epoch", ylabel="val accuracy (%)")
+    for ax in axes[len(curves):]:
+        ax.set_visible(False)
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend([handles[s] for s in series], series, fontsize="x-small", loc="outside right upper")
+    return _save(fig, out, "val_acc_vs_epoch")
+
+
+FIGURES = (fig_nmi, fig_init_ablation, fig_prompt_length, fig_backbone_size, fig_data_fraction, fig_pareto,
+           fig_val_curves)
 
 
 # --- paired comparison ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from bench.cli import main
 from bench.config import RunSpec
 from bench.report import (
-    build_report, compare, fig_init_ablation, init_ablation_stats, load_runs, suite_table, suites, to_latex,
+    build_report, compare, fig_init_ablation, init_ablation_stats, load_runs, suite_table, suites, to_latex, val_curves,
 )
 from bench.store import Store
 
@@ -24,9 +24,10 @@ GROUPS = {"digits": "micro/real", "mnist5k": "micro/real", "sprites-loc": "micro
 
 def record(method: str, task: str, seed: int, acc: float, hparams: dict[str, Any] | None = None,
            pct: float = 1.0, nmi: list[list[float]] | None = None, backbone: str = "micro-vit",
-           backbone_params: int = 2_700_000, stage: str = "fixed") -> dict[str, Any]:
+           backbone_params: int = 2_700_000, stage: str = "fixed",
+           val_curve: list[float] | None = None) -> dict[str, Any]:
     spec = RunSpec(method, task, backbone, seed, {"epochs": 10, **(hparams or {})}, stage=stage)
-    curves: dict[str, Any] = {"train_loss": [1.0], "val_acc": [acc]}
+    curves: dict[str, Any] = {"train_loss": [1.0], "val_acc": [acc] if val_curve is None else val_curve}
     if nmi is not None:
         curves["nmi"] = nmi
     return {
@@ -115,7 +116,7 @@ def test_report_writes_every_format_and_figure(results: Path, tmp_path: Path) ->
     names = {p.name for p in report.paths}
     for stem in ("micro", "summary"):
         assert {f"{stem}.tex", f"{stem}.md", f"{stem}.csv"} <= names
-    for stem in ("nmi_vs_epoch", "init_ablation", "acc_vs_params_pareto"):
+    for stem in ("nmi_vs_epoch", "init_ablation", "acc_vs_params_pareto", "val_acc_vs_epoch"):
         assert {f"{stem}.pdf", f"{stem}.png"} <= names
     assert all(p.stat().st_size > 0 for p in report.paths)
     # figures without data are skipped with a note, never drawn empty
@@ -130,6 +131,32 @@ def test_report_writes_every_format_and_figure(results: Path, tmp_path: Path) ->
     c = report.comparison
     assert c is not None and c.pairs == 3 and c.mean == pytest.approx(0.0)
     assert c.low <= c.mean <= c.high
+
+
+def test_val_curves_are_the_mean_over_seeds_per_task_and_variant(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write(record("linear", "sprites-loc", 0, 40.0, val_curve=[20.0, 40.0]))
+    store.write(record("linear", "digits", 0, 70.0, val_curve=[50.0, 60.0, 70.0]))
+    store.write(record("linear", "digits", 1, 90.0, val_curve=[60.0, 80.0, 90.0]))
+    store.write(record("spt-deep", "digits", 0, 30.0, {"init": "kmeans"}, val_curve=[10.0, 30.0]))
+    store.write(record("spt-deep", "digits", 0, 20.0, {"init": "sampled"}, val_curve=[10.0, 20.0]))
+    # A final-stage run trains on train+val, so it has no val curve and adds nothing.
+    store.write(record("linear", "digits", 2, 99.0, stage="final", val_curve=[]))
+
+    curves = val_curves(load_runs(tmp_path))
+    assert list(curves) == ["digits", "sprites-loc"]  # the suite's task order, not the alphabet's
+    assert sorted(curves["digits"]) == ["linear", "spt-deep init=kmeans", "spt-deep init=sampled"]
+    assert curves["digits"]["linear"].to_dict() == {1: 55.0, 2: 70.0, 3: 80.0}
+    assert curves["digits"]["spt-deep init=kmeans"].to_dict() == {1: 10.0, 2: 30.0}
+    assert curves["sprites-loc"]["linear"].to_dict() == {1: 20.0, 2: 40.0}
+
+
+def test_val_curve_figure_is_skipped_with_a_note_when_no_run_scored_val(tmp_path: Path) -> None:
+    store = Store(tmp_path / "results")
+    store.write(record("linear", "digits", 0, 70.0, stage="final", val_curve=[]))
+    report = build_report(tmp_path / "results", tmp_path / "report", ("md",))
+    assert any(note.startswith("val-curve figure skipped") for note in report.notes)
+    assert not (tmp_path / "report" / "val_acc_vs_epoch.png").exists()
 
 
 def test_compare_is_seeded_and_needs_an_unambiguous_variant(results: Path) -> None:

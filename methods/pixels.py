@@ -1,0 +1,62 @@
+"""Pixel baseline ("no backbone"): a linear classifier on the images as the backbone would receive them.
+
+The images are resized and normalised exactly as for the backbone (its resolution, mean and std), then, when that
+resolution is larger than `size`, downsized to `size`×`size` so that the baseline stays a few thousand features
+whatever the backbone (a 224-pixel input would give 150,528 per image). The backbone itself is never run: this row
+says what a method on top of a backbone must beat to show the backbone is worth anything.
+
+The trunk learns nothing, so the engine caches its "features" (the flattened pixels) and trains only the head, as
+for the linear probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import TrainConfig, _check
+from bench.method import Adapted, BuildContext, classifier, register_method
+
+
+@dataclass(frozen=True)
+class PixelsConfig(TrainConfig):
+    """The linear probe's optimisation; `size`: the largest side, in pixels, the classifier sees."""
+
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    size: int = 32
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.size >= 1, "size", self.size, "an integer >= 1 (pixels per side)")
+
+
+# The linear probe's sweep: the two differ only in what the head reads.
+SEARCH = {"lr": [0.1, 0.03, 0.01, 0.003, 0.001], "weight_decay": [0.0, 1e-4]}
+
+
+class FlatPixels(nn.Module):
+    """Preprocessed images -> their pixels as one vector each, downsized (antialiased) to at most `size` per side."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if max(images.shape[-2:]) > self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return images.flatten(start_dim=1)
+
+
+@register_method("pixels", PixelsConfig, "Sanity baseline: a linear classifier on the resized, normalised pixels "
+                 "(no backbone)", SEARCH)
+def build_pixels(config: PixelsConfig, ctx: BuildContext) -> Adapted:
+    side = min(config.size, ctx.backbone.input_size)
+    features = 3 * side * side
+    trunk = FlatPixels(config.size)
+    return Adapted(trunk, classifier(features, ctx.num_classes), trunk_frozen=True,
+                   info={"pixels_per_side": side, "features": features})
