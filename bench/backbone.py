@@ -253,8 +253,8 @@ class LoadedBackbones:
 
 
 def _packaged_file(name: str) -> Path | None:
-    entry = BACKBONES.get(name) if name in BACKBONES else None
-    return WEIGHTS_DIR / entry.packaged_weights if entry is not None and entry.packaged_weights else None
+    entry = backbone_entry(name)
+    return WEIGHTS_DIR / entry.packaged_weights if entry.packaged_weights else None
 
 
 def _file_identity(path: str | Path | None) -> tuple[Any, ...]:
@@ -432,7 +432,12 @@ def _short(keys: list[str]) -> str:
 
 def embed(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
     """The token sequence entering block 0: timm's patch embedding, class/register tokens and position embedding."""
-    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+    return with_position(vit, vit.patch_embed(images))
+
+
+def with_position(vit: VisionTransformer, patches: torch.Tensor) -> torch.Tensor:
+    """Patch embeddings -> the sequence entering block 0 (class/register tokens, position embedding, pre-norm)."""
+    return vit.norm_pre(vit.patch_drop(vit._pos_embed(patches)))
 
 
 def pool_features(vit: VisionTransformer, tokens: torch.Tensor, pooling: Pooling) -> torch.Tensor:

@@ -289,7 +289,7 @@ def _print_recipes(registry: Any, console: Console) -> None:
         for column in ("objective", "values", "tune grid"):
             table.add_column(column)
         for objective, values in recipe.values.items():
-            grid = recipe.search.get(objective, recipe.search.get("*", {}))
+            grid = recipe.search_for(objective)
             table.add_row(objective, ", ".join(f"{k}={v}" for k, v in values.items()),
                           ", ".join(f"{k} in {v}" for k, v in grid.items()))
         console.print(table)

@@ -34,7 +34,7 @@ from torch import nn
 
 from bench import BenchError, nmi
 from bench import kmeans as km
-from bench.backbone import embed, pool_features
+from bench.backbone import embed, pool_features, with_position
 from bench.cache import cache_key
 from bench.config import TrainConfig, _check
 from bench.method import METHODS, Adapted, BuildContext, Probe, linear_head, register_method
@@ -98,7 +98,7 @@ def patch_tokens_per_block(vit: VisionTransformer, images: torch.Tensor) -> Iter
     skip the remaining blocks."""
     embedded = vit.patch_embed(images)
     yield embedded.flatten(1, 2) if embedded.ndim == 4 else embedded
-    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(embedded)))
+    tokens = with_position(vit, embedded)
     for block in vit.blocks[:-1]:
         tokens = block(tokens)
         yield tokens[:, vit.num_prefix_tokens:]
