@@ -72,6 +72,10 @@ ERRORS = {
     "missing-image": (["--tasks", "dogs", "--data-root", "{tmp}/data"], "1 listed image(s) missing"),
     "results-is-a-file": (["--results", "{tmp}/a_file/results"], "is a file, not a folder"),
     "unknown-device": (["--device", "tpu"], "auto, cpu, cuda or cuda:N"),
+    "unknown-recipe": (["--recipe", "spt-papr"], "spt-paper"),
+    "recipe-fits-no-method": (["--methods", "linear", "--recipe", "vpt-paper"], "applies to"),
+    "bad-lr-step": (["--methods", "vpt-deep", "--set", "lr_step=week"], "batch or epoch"),
+    "bad-head-weight-decay": (["--methods", "spt-deep", "--set", "head_weight_decay=lots"], "head_weight_decay"),
 }
 
 
