@@ -124,7 +124,8 @@ def _variants(runs: pd.DataFrame, without: str | None = None) -> pd.Series:
 
 @dataclass(frozen=True)
 class Column:
-    """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked) or `count` (the `[n]` column)."""
+    """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked), `count` (the `[n]` column) or `gain`
+    (signed points, not ranked)."""
 
     key: str
     label: str
@@ -254,6 +255,8 @@ def _number(cell: Cell, kind: str, fmt: str) -> str:
         return f"[{cell.mean:.0f}]"
     if kind == "pct":
         return f"{cell.mean:.2f}"
+    if kind == "gain":
+        return f"{cell.mean:+.1f}"
     pm = " $\\pm$ " if fmt == "tex" else " ± "
     text = f"{cell.mean:.1f}" + (f"{pm}{cell.std:.1f}" if cell.std is not None else "")
     if fmt == "tex":
@@ -520,6 +523,36 @@ def fig_pareto(runs: pd.DataFrame, out: Path) -> list[Path] | str:
     return _save(fig, out, "acc_vs_params_pareto")
 
 
+def _task_order(tasks: Iterable[str]) -> list[str]:
+    known = [t for suite in suites() for g in suite.groups for t in g.tasks]
+    return sorted(set(tasks), key=lambda t: (known.index(t) if t in known else len(known), t))
+
+
+def last_third_gain(curve: Sequence[float]) -> float:
+    """Val accuracy gained over the last third of training: the mean of the last 3 epochs minus the mean of the 3
+    epochs that end two thirds of the way through. Near 0, the run had plateaued before it stopped."""
+    window = min(3, len(curve))
+    cut = max(window, round(2 * len(curve) / 3))
+    return float(np.mean(curve[-window:]) - np.mean(curve[cut - window:cut]))
+
+
+def convergence_table(runs: pd.DataFrame) -> Table | None:
+    """Variant × task → val accuracy gained over the last third of training (`last_third_gain`), mean over seeds;
+    None when no record has a val curve (only `fixed` runs score val every epoch)."""
+    have = runs[runs["val_curve"].notna()]
+    if have.empty:
+        return None
+    have = have.assign(gain=have["val_curve"].map(last_third_gain))
+    columns = [Column(task, task, "gain") for task in _task_order(have["task"])]
+    rows = []
+    for (backbone, variant), frame in sorted(have.groupby(["backbone", "variant"])):
+        rows.append((backbone, variant, {task: Cell(float(f["gain"].mean())) for task, f in frame.groupby("task")}))
+    caption = ("Convergence: validation accuracy (points) gained over the last third of training (mean of the last 3 "
+               "epochs minus the mean of the 3 epochs ending two thirds of the way through), mean over seeds. Near 0: "
+               "the run had plateaued before it stopped; large and positive: more epochs would likely have helped.")
+    return Table("convergence", caption, columns, rows)
+
+
 def val_curves(runs: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
     """Task -> variant (prefixed by its backbone when several) -> val accuracy after each epoch (index 1, 2, ...),
     the mean over the variant's seeds; tasks in the suites' order. Only `fixed` runs score val every epoch
@@ -528,9 +561,8 @@ def val_curves(runs: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
     if have.empty:
         return {}
     have = have.assign(series=_series_label(have, exclude=None))
-    known = [t for suite in suites() for g in suite.groups for t in g.tasks]
     curves: dict[str, dict[str, pd.Series]] = {}
-    for task in sorted(set(have["task"]), key=lambda t: (known.index(t) if t in known else len(known), t)):
+    for task in _task_order(have["task"]):
         curves[task] = {}
         for name, frame in have[have["task"] == task].groupby("series"):
             mean = pd.concat([pd.Series(c) for c in frame["val_curve"]], axis=1).mean(axis=1)
@@ -649,6 +681,11 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
             paths += write_table(table, out, formats)
     summary = summary_table(runs)
     paths += write_table(summary, out, formats)
+    convergence = convergence_table(runs)
+    if convergence is None:
+        notes.append("convergence table skipped: no record carries a val curve (only fixed-protocol runs score val)")
+    else:
+        paths += write_table(convergence, out, formats)
     for figure in FIGURES:
         made = figure(runs, out)
         if isinstance(made, str):

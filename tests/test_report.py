@@ -13,7 +13,8 @@ import pytest
 from bench.cli import main
 from bench.config import RunSpec
 from bench.report import (
-    build_report, compare, fig_init_ablation, init_ablation_stats, load_runs, suite_table, suites, to_latex, val_curves,
+    build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats, last_third_gain, load_runs,
+    suite_table, suites, to_latex, to_markdown, val_curves,
 )
 from bench.store import Store
 
@@ -149,6 +150,29 @@ def test_val_curves_are_the_mean_over_seeds_per_task_and_variant(tmp_path: Path)
     assert curves["digits"]["linear"].to_dict() == {1: 55.0, 2: 70.0, 3: 80.0}
     assert curves["digits"]["spt-deep init=kmeans"].to_dict() == {1: 10.0, 2: 30.0}
     assert curves["sprites-loc"]["linear"].to_dict() == {1: 20.0, 2: 40.0}
+
+
+def test_last_third_gain_is_the_end_of_the_curve_against_two_thirds_of_the_way() -> None:
+    assert last_third_gain([10.0] * 20 + [30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 90.0, 90.0, 90.0]) == 90.0 - 10.0
+    assert last_third_gain([50.0, 60.0, 70.0]) == 0.0  # shorter than two windows: the whole curve is the window
+    assert last_third_gain(list(range(9))) == pytest.approx(7.0 - 4.0)  # epochs 7-9 against epochs 4-6
+
+
+def test_convergence_table_is_the_seed_mean_gain_per_variant_and_task(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    flat, rising = [60.0] * 9, [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    store.write(record("linear", "digits", 0, 60.0, val_curve=flat))
+    store.write(record("linear", "digits", 1, 90.0, val_curve=rising))
+    store.write(record("vpt-deep", "sprites-loc", 0, 90.0, val_curve=rising))
+    store.write(record("linear", "digits", 2, 99.0, stage="final", val_curve=[]))  # no val curve: not counted
+
+    table = convergence_table(load_runs(tmp_path))
+    assert [c.key for c in table.columns] == ["digits", "sprites-loc"]
+    cells = {variant: cells for _, variant, cells in table.rows}
+    assert cells["linear"]["digits"].mean == pytest.approx((0.0 + 30.0) / 2)
+    assert cells["vpt-deep"]["sprites-loc"].mean == pytest.approx(30.0)
+    assert "sprites-loc" not in cells["linear"]
+    assert "| micro-vit | linear | +15.0 | – |" in to_markdown(table)
 
 
 def test_val_curve_figure_is_skipped_with_a_note_when_no_run_scored_val(tmp_path: Path) -> None:
