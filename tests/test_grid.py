@@ -76,8 +76,10 @@ def test_fixed_grid_is_the_product_of_its_axes_and_a_sweep_applies_only_to_metho
     assert {(s.hparams["lr"], s.hparams["num_prompts"]) for s in vpt} == set(itertools.product([0.1, 0.01], [5, 10]))
     assert {s.stage for s in specs} == {"fixed"}
     assert len({s.run_id for s in specs}) == len(specs)
-    # Resolved hyper-parameters: defaults filled in, epochs=0 replaced by the task's default.
-    assert all(s.hparams["epochs"] == TASKS.get(s.task).epochs for s in specs)
+    # Resolved hyper-parameters: defaults filled in, epochs=0 replaced by the task's default; the linear probe keeps
+    # its own 100.
+    assert all(s.hparams["epochs"] == TASKS.get(s.task).epochs for s in vpt)
+    assert all(s.hparams["epochs"] == 100 for s in linear)
 
     with pytest.raises(BenchError, match="num_prompts"):
         Grid(["linear"], ["digits"], ["micro-vit"], [0], {"num_prompts": ["5"]})
