@@ -48,7 +48,8 @@ SEARCH = {"lr": [0.1, 0.03, 0.01, 0.003, 0.001], "weight_decay": [0.0, 1e-4]}
 @register_method("linear", LinearConfig, "Linear probe: frozen backbone, only the classifier head learns", SEARCH)
 def build_linear(config: LinearConfig, ctx: BuildContext) -> Adapted:
     trunk = ViTFeatures(ctx.backbone.model, ctx.backbone.pooling)
-    return Adapted(trunk, probe_head(ctx.backbone.num_features, ctx.num_classes, config.feature_norm), trunk_frozen=True)
+    head = probe_head(ctx.backbone.num_features, ctx.num_classes, config.feature_norm)
+    return Adapted(trunk, head, trunk_frozen=True)
 
 
 def probe_head(in_features: int, num_classes: int, feature_norm: str) -> nn.Module:
