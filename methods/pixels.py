@@ -19,7 +19,7 @@ from torch import nn
 
 from bench.config import _check
 from bench.method import Adapted, BuildContext, register_method
-from methods.linear import LinearConfig, probe_head
+from methods.linear import SEARCH, LinearConfig, probe_head
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,6 @@ class PixelsConfig(LinearConfig):
     def validate(self) -> None:
         super().validate()
         _check(self.size >= 1, "size", self.size, "an integer >= 1 (pixels per side)")
-
-
-# The linear probe's sweep: the two differ only in what the head reads.
-SEARCH = {"lr": [0.1, 0.03, 0.01, 0.003, 0.001], "weight_decay": [0.0, 1e-4]}
 
 
 class FlatPixels(nn.Module):
@@ -51,6 +47,7 @@ class FlatPixels(nn.Module):
         return images.flatten(start_dim=1)
 
 
+# The linear probe's sweep: the two differ only in what the head reads.
 @register_method("pixels", PixelsConfig, "Sanity baseline: a linear classifier on the resized, normalised pixels "
                  "(no backbone)", SEARCH)
 def build_pixels(config: PixelsConfig, ctx: BuildContext) -> Adapted:
