@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -437,9 +438,16 @@ def resolve_device(device: str) -> str:
     raise BenchError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so joblib stops its worker processes instead of leaving them to finish
+    # the queued runs after the grid has gone.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         args = build_parser().parse_args(argv)
         command = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "pretrain": cmd_pretrain, "check": cmd_check,
@@ -451,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("bench: interrupted; finished runs are recorded, rerun to resume", markup=False)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The grid (issue 4): expansion and stable ids, the tune -> final protocol (test read only in the final stage),
-resume after kill -9, two processes on one results directory, failure isolation, a real Dask cluster, the dry run,
+resume after kill -9, SIGTERM stopping the workers, two processes on one results directory, failure isolation, a real Dask cluster, the dry run,
 plain progress lines, and the store's summary over seeds.
 
 In-process tests use the tiny backbone/task from conftest; subprocess tests run the real `python -m bench.cli` with the
@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -333,6 +334,56 @@ def test_progress_prints_plain_start_done_lines_and_the_summary_when_stdout_is_n
     assert "test accuracy (%): mean ± sample std over seeds" in output
     for task in MICRO3.split(","):  # the summary covers the whole grid, resumed or not
         assert re.search(rf"linear .* {task} .* {DEFAULT_BACKBONE} .* fixed .* \d+\.\d\d .* 1 ", output), output
+
+
+def _children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc")
+def test_sigterm_stops_a_parallel_grid_and_its_worker_processes_and_records_no_half_run(tmp_path):
+    store = Store(tmp_path / "results")
+    # Runs long enough that both workers are mid-run when the signal comes.
+    args = ("run", "--methods", "vpt-deep", "--tasks", "sprites-loc", "--seeds", "0,1,2", "--epochs", "200",
+            "--jobs", "2", "--results", str(store.root))
+    with open(tmp_path / "grid.log", "w") as log:
+        proc = _cli(*args, stdout=log)
+        try:
+            deadline = time.monotonic() + 120
+            while len(workers := _children(proc.pid)) < 2:
+                assert proc.poll() is None, (tmp_path / "grid.log").read_text()
+                assert time.monotonic() < deadline, "the grid started no worker processes in 120 s"
+                time.sleep(0.1)
+            time.sleep(3)  # let the workers take their first runs
+            workers = _children(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            deadline = time.monotonic() + 30
+            while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left = [pid for pid in workers if _alive(pid)]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    output = (tmp_path / "grid.log").read_text()
+    assert proc.returncode == 130, output
+    assert "interrupted; finished runs are recorded, rerun to resume" in output
+    assert left == [], f"worker processes {left} outlived the grid"
+    # No run finished, and none was recorded as failed.
+    assert store.records() == [] and (not store.runs.is_dir() or _leftovers(store) == [])
 
 
 # --------------------------------------------------------------------------------------------------------------------
