@@ -1,6 +1,6 @@
 """The grid (issue 4): expansion and stable ids, the tune -> final protocol (test read only in the final stage),
-resume after kill -9, SIGTERM stopping the workers, two processes on one results directory, failure isolation, a real Dask cluster, the dry run,
-plain progress lines, and the store's summary over seeds.
+resume after kill -9, SIGTERM stopping the workers, two processes on one results directory, failure isolation, a real
+Dask cluster, the dry run, plain progress lines, and the store's summary over seeds.
 
 In-process tests use the tiny backbone/task from conftest; subprocess tests run the real `python -m bench.cli` with the
 linear probe (head on cached features) on micro tasks for one epoch.
