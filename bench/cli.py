@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
     report.add_argument("--published", action="store_true",
                         help="print published numbers (bench/published.csv) beside this run's: paper, this run, difference")
-    report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap CI")
+    report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
+                        "CI; A, B: methods or variants as the summary labels them")
 
     check = sub.add_parser("check", help="CI regression check: rerun a small fixed subset, compare with a baseline")
     check.add_argument("--baseline", type=Path, default=None, help="baseline file (default results/baselines/check.json)")
@@ -138,7 +140,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     pair = None
     if args.compare is not None:
-        pair = tuple(name.strip() for name in args.compare.split(","))
+        # A variant's label lists its settings as "a=1, b=2": only a comma without a space separates the two names.
+        pair = tuple(name.strip() for name in re.split(r",(?! )", args.compare))
         if len(pair) != 2 or not all(pair):
             raise BenchError(f"--compare {args.compare!r}: expected two methods, e.g. --compare spt-deep,vpt-deep")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]

@@ -189,6 +189,21 @@ def test_compare_is_seeded_and_needs_an_unambiguous_variant(results: Path) -> No
     assert main(["report", "--results", str(results), "--compare", "spt-deep,full"]) == 2
 
 
+def test_compare_takes_variants_whose_labels_list_several_settings(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    store = Store(tmp_path / "results")
+    accs = {(0, 0.0): 80.0, (0, 1.26): 83.0, (1, 0.0): 84.0, (1, 1.26): 85.0}
+    for (seed, norm), acc in accs.items():
+        for prompts in (5, 20):
+            store.write(record("spt-deep", "digits", seed, acc - (prompts == 5), {"num_prompts": prompts,
+                                                                                "prompt_norm": norm}))
+    a, b = "spt-deep num_prompts=20, prompt_norm=1.26", "spt-deep num_prompts=20, prompt_norm=0.0"
+    assert main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "r"), "--format", "md",
+                 "--compare", f"{a},{b}"]) == 0
+    # the paired differences are +3 and +1 over two seeds; rich wraps the line
+    assert f"{a} − {b}: +2.00 points over 2 (backbone, task, seed) pairs" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine")
 def test_latex_compiles(results: Path, tmp_path: Path) -> None:
     build_report(results, tmp_path, ("tex",))
