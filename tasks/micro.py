@@ -146,10 +146,10 @@ def _shapes_count() -> TaskData:
     return _split(images, torch.from_numpy(counts - 1), {"source": "procedural CLEVR-count-like"})
 
 
-# Epochs per task are what the prompt methods (spt-paper recipe) needed for their validation accuracy to plateau: at
-# 30 epochs, VPT-deep still gained 10-16 points over the last third of training on mnist5k, sprites-ori and
-# shapes-count, against 2-3 on digits and sprites-loc; at 60, mnist5k and sprites-ori still gained 6-17, so they train
-# the references' 100 (README, "micro scale"). Linear heads train 100 epochs anyway.
+# Epochs per task come from the prompt methods' val curves (spt-paper recipe): at 30 epochs, VPT-deep still gained
+# 10-16 points over the last third of training on mnist5k, sprites-ori and shapes-count, against 2-3 on digits and
+# sprites-loc; at 60, mnist5k and sprites-ori still gained 6-17, so they train the references' 100, where sprites-ori
+# still gains (README, "micro scale"). Linear heads train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
