@@ -336,21 +336,22 @@ def test_progress_prints_plain_start_done_lines_and_the_summary_when_stdout_is_n
         assert re.search(rf"linear .* {task} .* {DEFAULT_BACKBONE} .* fixed .* \d+\.\d\d .* 1 ", output), output
 
 
-def _children(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is `pid`, from /proc."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(stat.parent.name))
-    return found
+def _live_parent(pid: int) -> int | None:
+    """The parent pid of a live process, from /proc (fields after the command name, which may hold spaces); None once
+    it is gone or a zombie."""
+    with contextlib.suppress(OSError):
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:2]
+        return int(parent) if state != "Z" else None
+    return None
 
 
 def _alive(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    return False
+    return _live_parent(pid) is not None
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid`."""
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _live_parent(int(p.name)) == pid}
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc")
@@ -363,7 +364,7 @@ def test_sigterm_stops_a_parallel_grid_and_its_worker_processes_and_records_no_h
         proc = _cli(*args, stdout=log)
         try:
             deadline = time.monotonic() + 120
-            while len(workers := _children(proc.pid)) < 2:
+            while len(_children(proc.pid)) < 2:
                 assert proc.poll() is None, (tmp_path / "grid.log").read_text()
                 assert time.monotonic() < deadline, "the grid started no worker processes in 120 s"
                 time.sleep(0.1)
