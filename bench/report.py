@@ -21,6 +21,7 @@ Conventions, stated in every caption:
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,18 @@ TEST_STAGES = ("fixed", "final")  # `tune` runs score val only and never count
 FORMATS = ("tex", "md", "csv")
 MISSING = {"tex": "--", "md": "–", "csv": ""}
 INIT_ORDER = ("random", "sampled", "mean", "max", "kmeans")
+
+
+def natural_key(label: str) -> list[str | float]:
+    """Order labels by the numbers in them, so `epochs=30` comes before `epochs=100` and `num_prompts=5` before
+    `num_prompts=20`; re.split with a group alternates text and number, so the lists compare item by item."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", label)
+    return [float(part) if i % 2 else part for i, part in enumerate(parts)]
+
+
+def _by_row(item: tuple[tuple[str, str], Any]) -> tuple[str, list[str | float]]:
+    (backbone, variant), _ = item
+    return backbone, natural_key(variant)
 
 
 @dataclass(frozen=True)
@@ -183,7 +196,7 @@ def suite_table(suite: Suite, runs: pd.DataFrame) -> Table | None:
     per_task = _cells(mine)
     params = mine.groupby(["backbone", "variant"])["params.learnable_pct"].mean()
     rows = []
-    for (backbone, variant), cells in sorted(per_task.items()):
+    for (backbone, variant), cells in sorted(per_task.items(), key=_by_row):
         for g in suite.groups:
             cells[f"mean:{g.id}"] = _mean_of(cells, tasks[g.id])
         if suite.overall:
@@ -240,7 +253,7 @@ def summary_table(runs: pd.DataFrame) -> Table:
     tasks = {g.id: _group_tasks(g, runs) for g in groups}
     columns = [Column(f"mean:{g.id}", g.summary_label) for g in groups]
     rows = []
-    for (backbone, variant), cells in sorted(_cells(runs).items()):
+    for (backbone, variant), cells in sorted(_cells(runs).items(), key=_by_row):
         rows.append((backbone, variant, {f"mean:{g.id}": _mean_of(cells, tasks[g.id]) for g in groups}))
     _rank(rows, [c.key for c in columns])
     caption = ("Summary: mean test accuracy (\\%) per task group; a group mean is shown only when every task of the "
@@ -436,7 +449,7 @@ def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
         return stats
     recorded = set(stats.index.get_level_values("init"))
     inits = [i for i in INIT_ORDER if i in recorded] + sorted(recorded - set(INIT_ORDER))
-    series = sorted(set(stats.index.get_level_values("series")))
+    series = sorted(set(stats.index.get_level_values("series")), key=natural_key)
     fig, ax = _figure()
     width = 0.8 / len(series)
     for i, name in enumerate(series):
@@ -545,7 +558,7 @@ def convergence_table(runs: pd.DataFrame) -> Table | None:
     have = have.assign(gain=have["val_curve"].map(last_third_gain))
     columns = [Column(task, task, "gain") for task in _task_order(have["task"])]
     rows = []
-    for (backbone, variant), frame in sorted(have.groupby(["backbone", "variant"])):
+    for (backbone, variant), frame in sorted(have.groupby(["backbone", "variant"]), key=_by_row):
         rows.append((backbone, variant, {task: Cell(float(f["gain"].mean())) for task, f in frame.groupby("task")}))
     caption = ("Convergence: validation accuracy (points) gained over the last third of training (mean of the last 3 "
                "epochs minus the mean of the 3 epochs ending two thirds of the way through), mean over seeds. Near 0: "
@@ -564,7 +577,7 @@ def val_curves(runs: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
     curves: dict[str, dict[str, pd.Series]] = {}
     for task in _task_order(have["task"]):
         curves[task] = {}
-        for name, frame in have[have["task"] == task].groupby("series"):
+        for name, frame in sorted(have[have["task"] == task].groupby("series"), key=lambda item: natural_key(item[0])):
             mean = pd.concat([pd.Series(c) for c in frame["val_curve"]], axis=1).mean(axis=1)
             curves[task][name] = mean.set_axis(mean.index + 1)
     return curves
@@ -577,7 +590,7 @@ def fig_val_curves(runs: pd.DataFrame, out: Path) -> list[Path] | str:
     if not curves:
         return "val-curve figure skipped: no record carries curves['val_acc'] (only fixed-protocol runs score val)"
     # One style per variant across every panel, so that a single legend serves them all.
-    series = sorted({name for lines in curves.values() for name in lines})
+    series = sorted({name for lines in curves.values() for name in lines}, key=natural_key)
     cols = min(3, len(curves))
     rows = math.ceil(len(curves) / cols)
     fig, axes = _figure(rows, cols, size=(2.6 * cols + 1.8, 2.2 * rows + 0.4))

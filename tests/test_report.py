@@ -111,6 +111,18 @@ def test_tied_values_share_the_bold(tmp_path: Path) -> None:
     assert rows["vpt-deep"][1] == "\\underline{60.0}"
 
 
+def test_rows_and_convergence_rows_follow_the_numbers_in_their_labels(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for epochs in (100, 30, 200, 60):
+        store.write(record("vpt-deep", "sprites-ori", 0, 40.0 + epochs / 10, {"epochs": epochs},
+                           val_curve=[10.0, 20.0, 30.0]))
+    runs = load_runs(tmp_path)
+    expected = [f"vpt-deep epochs={e}" for e in (30, 60, 100, 200)]
+    assert [variant for _, variant, _ in suite_table(MICRO, runs).rows] == expected
+    assert [variant for _, variant, _ in convergence_table(runs).rows] == expected
+    assert list(val_curves(runs)["sprites-ori"]) == expected
+
+
 def test_report_writes_every_format_and_figure(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     report = build_report(results, out, ("tex", "md", "csv"), ("spt-deep init=kmeans", "full"))
