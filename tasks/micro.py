@@ -149,7 +149,8 @@ def _shapes_count() -> TaskData:
 # Epochs per task come from the prompt methods' val curves (spt-paper recipe): at 30 epochs, VPT-deep still gained
 # 10-16 points over the last third of training on mnist5k, sprites-ori and shapes-count, against 2-3 on digits and
 # sprites-loc; at 60, mnist5k and sprites-ori still gained 6-17, so they train the references' 100; at 100, sprites-ori
-# still gained 10-12, so it trains 200 (README, "micro scale"). Linear heads train 100 epochs anyway.
+# still gained 10-12, so it trains 200, where SPT-deep has plateaued but VPT-deep still gains up to 400 (README,
+# "micro scale"). Linear heads train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
