@@ -54,6 +54,11 @@ def _by_row(item: tuple[tuple[str, str], Any]) -> tuple[str, list[str | float]]:
     return backbone, natural_key(variant)
 
 
+def _series_groups(frame: pd.DataFrame, by: str | pd.Series) -> list[tuple[str, pd.DataFrame]]:
+    """`frame` grouped by a series label, in `natural_key` order: the order of every figure's lines and legend."""
+    return sorted(frame.groupby(by), key=lambda item: natural_key(item[0]))
+
+
 @dataclass(frozen=True)
 class Group:
     """A task group: its id in records (`record['task']['group']`), its column labels and its task order."""
@@ -411,7 +416,7 @@ def fig_nmi(runs: pd.DataFrame, out: Path) -> list[Path] | str:
         return "NMI figure skipped: no record carries curves['nmi'] (only prompt methods record it)"
     fig, ax = _figure()
     labels = _series_label(have, exclude=None)
-    for i, (label, frame) in enumerate(have.groupby(labels)):
+    for i, (label, frame) in enumerate(_series_groups(have, labels)):
         per_run = [pd.Series([float(np.mean(layers)) for layers in curve]) for curve in frame["nmi"]]
         mean = pd.concat(per_run, axis=1).mean(axis=1)
         ax.plot(mean.index, mean.values, label=label, **_style(i))
@@ -482,7 +487,7 @@ def _line_figure(runs: pd.DataFrame, x: pd.Series, setting: str | None, xlabel: 
     if means.groupby("series")["x"].nunique().max() < 2:
         return None
     fig, ax = _figure()
-    for i, (name, frame) in enumerate(means.groupby("series")):
+    for i, (name, frame) in enumerate(_series_groups(means, "series")):
         ax.plot(frame["x"], frame["acc"], label=name, **_style(i))
     if logx:
         ax.set_xscale("log")
@@ -577,7 +582,7 @@ def val_curves(runs: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
     curves: dict[str, dict[str, pd.Series]] = {}
     for task in _task_order(have["task"]):
         curves[task] = {}
-        for name, frame in sorted(have[have["task"] == task].groupby("series"), key=lambda item: natural_key(item[0])):
+        for name, frame in _series_groups(have[have["task"] == task], "series"):
             mean = pd.concat([pd.Series(c) for c in frame["val_curve"]], axis=1).mean(axis=1)
             curves[task][name] = mean.set_axis(mean.index + 1)
     return curves
