@@ -46,14 +46,23 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class _Timer:
+    """Wall-clock and CPU seconds spent inside `with`; the CPU clock counts every thread of this process."""
+
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def __enter__(self) -> "_Timer":
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds += time.perf_counter() - self._start
+        self.cpu_seconds += time.process_time() - self._cpu_start
+
+    def cpu_share(self, threads: int) -> float | None:
+        """CPU seconds per wall-clock second per torch thread: near 1 when the threads had a core each, well below
+        when other processes shared the cores; None when nothing was timed."""
+        return self.cpu_seconds / (self.seconds * threads) if self.seconds > 0 else None
 
 
 @dataclass
@@ -131,10 +140,11 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepare
     # Described before the method adapts it: methods that inject layers (peft's) add their parameters to the model.
     backbone_info = backbone.describe()
     ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev)
-    adapted = method.build(config, ctx)
+    timers = {name: _Timer() for name in ("build", "feature_cache", "train", "eval", "test", "probe")}
+    with timers["build"]:
+        adapted = method.build(config, ctx)
     adapted.trunk.to(dev)
     adapted.head.to(dev)
-    timers = {name: _Timer() for name in ("feature_cache", "train", "eval", "test", "probe")}
     probe_batch = None
     if adapted.probe is not None:
         # The first images of the unshuffled train split: the same batch at every epoch, and never the test split.
@@ -235,6 +245,10 @@ def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: fl
             "eval": timers["eval"].seconds + test_seconds,
             "probe": timers["probe"].seconds,
         },
+        # Wall-clock from a run whose cores other work shared is not a benchmark; this says which runs those were.
+        # Only on the CPU: a GPU run's CPU mostly waits on the device, so its share says nothing.
+        "cpu_share": {phase: None if _is_cuda(p.device) else timers[phase].cpu_share(torch.get_num_threads())
+                      for phase in ("build", "train")},
         "throughput": {
             "train_images_per_s": train_images / timers["train"].seconds if timers["train"].seconds else None,
             # Inference throughput: one no-grad pass over the test split, preprocessing included.

@@ -40,6 +40,9 @@ TEST_STAGES = ("fixed", "final")  # `tune` runs score val only and never count
 FORMATS = ("tex", "md", "csv")
 MISSING = {"tex": "--", "md": "–", "csv": ""}
 INIT_ORDER = ("random", "sampled", "mean", "max", "kmeans")
+# A run whose threads got less than this share of their cores' time had other work on them (bench.engine's
+# `cpu_share`): on 2 cores, a two-thread micro run measures about 0.93 alone and 0.50 beside another such run.
+SHARED_CORES_BELOW = 0.75
 
 
 def natural_key(label: str) -> list[str | float]:
@@ -428,7 +431,9 @@ def fig_nmi(runs: pd.DataFrame, out: Path) -> list[Path] | str:
 
 def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
     """Per (series, init): accuracy over the tasks every init of the series has, as the mean over seeds of each
-    seed's task mean, with the sample std (n − 1) over seeds and their count; and the construction wall-clock.
+    seed's task mean, with the sample std (n − 1) over seeds and their count; the construction wall-clock; and
+    `cores`, how its runs had the CPU while they built: "alone", "shared" (some run's `cpu_share` was below
+    SHARED_CORES_BELOW) or "unknown" (some run recorded none: a GPU run, or a record older than the measure).
 
     Returns a note instead when fewer than two initialisations are recorded.
     """
@@ -437,14 +442,27 @@ def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
         return "init ablation skipped: fewer than two prompt initialisations recorded"
     have["init"] = have["hp.init"]
     have["series"] = _series_label(have, exclude="init")
+    share = have["cpu_share.build"].astype(float) if "cpu_share.build" in have \
+        else pd.Series(np.nan, index=have.index)
+    have["cores"] = np.select([share.isna(), share < SHARED_CORES_BELOW], ["unknown", "shared"], "alone")
     parts = []
     for name, frame in have.groupby("series"):
-        per_seed = _on_common_tasks(frame, "init").groupby(["init", "seed"]).agg(
-            acc=("acc", "mean"), secs=("wallclock.prompt_construction", "mean"))
+        common = _on_common_tasks(frame, "init")
+        per_seed = common.groupby(["init", "seed"]).agg(acc=("acc", "mean"),
+                                                        secs=("wallclock.prompt_construction", "mean"))
         stats = per_seed.groupby("init").agg(acc=("acc", "mean"), std=("acc", "std"), seeds=("acc", "size"),
                                              secs=("secs", "mean"))
+        stats["cores"] = common.groupby("init")["cores"].agg(_worst_cores)
         parts.append(stats.assign(series=name).reset_index())
     return pd.concat(parts).set_index(["series", "init"])
+
+
+def _worst_cores(states: pd.Series) -> str:
+    """One bar's runs: "shared" if any shared the cores, else "unknown" if any did not measure, else "alone"."""
+    return next(state for state in ("shared", "unknown", "alone") if (states == state).any())
+
+
+_CORES_MARK = {"alone": "", "shared": "*", "unknown": "?"}
 
 
 def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
@@ -465,11 +483,13 @@ def fig_init_ablation(runs: pd.DataFrame, out: Path) -> list[Path] | str:
         spread = mine["std"].where(mine["seeds"] > 1)
         bars = ax.bar(xs, mine["acc"], width, yerr=spread, capsize=2, label=name,
                       hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black", error_kw={"elinewidth": 0.8})
-        for bar, secs, above in zip(bars, mine["secs"], spread.fillna(0.0)):
-            ax.annotate(f"{secs:.2f}s", (bar.get_x() + bar.get_width() / 2, bar.get_height() + above),
+        for bar, secs, cores, above in zip(bars, mine["secs"], mine["cores"], spread.fillna(0.0)):
+            ax.annotate(f"{secs:.2f}s{_CORES_MARK[cores]}", (bar.get_x() + bar.get_width() / 2,
+                                                             bar.get_height() + above),
                         ha="center", va="bottom", fontsize="xx-small")
     ax.set_xticks(range(len(inits)), inits)
-    ax.set(xlabel="prompt initialisation (label: construction wall-clock)",
+    ax.set(xlabel="prompt initialisation (label: construction wall-clock;\n* some runs shared the cores, "
+                  "? some did not measure it)",
            ylabel="test accuracy (%)\n(mean ± sample std over seeds)")
     _legend(ax)
     return _save(fig, out, "init_ablation")

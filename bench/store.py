@@ -171,7 +171,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "stage": spec.get("stage", "fixed"),
     }
     row.update({f"hp.{k}": v for k, v in spec["hparams"].items()})
-    for section in ("metrics", "params", "wallclock", "throughput"):
+    for section in ("metrics", "params", "wallclock", "cpu_share", "throughput"):
         row.update({f"{section}.{k}" if section != "metrics" else k: v for k, v in record.get(section, {}).items()})
     if "task" in record:
         row["group"] = record["task"].get("group")

@@ -13,8 +13,8 @@ import pytest
 from bench.cli import main
 from bench.config import RunSpec
 from bench.report import (
-    build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats, last_third_gain, load_runs,
-    suite_table, suites, to_latex, to_markdown, val_curves,
+    SHARED_CORES_BELOW, build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats,
+    last_third_gain, load_runs, suite_table, suites, to_latex, to_markdown, val_curves,
 )
 from bench.store import Store
 
@@ -255,6 +255,21 @@ def test_init_ablation_bars_are_seed_means_of_task_means_with_the_sample_std_ove
     assert stats.loc["kmeans", "secs"] == pytest.approx(0.25)
     paths = fig_init_ablation(load_runs(tmp_path), tmp_path)
     assert [p.name for p in paths] == ["init_ablation.pdf", "init_ablation.png"]
+
+
+def test_an_init_ablation_bar_says_whether_its_runs_had_the_cores_while_they_built(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # random: both alone; sampled: one of two shared the cores; mean: one never measured; max: shared beats unknown.
+    alone, shared = SHARED_CORES_BELOW + 0.2, SHARED_CORES_BELOW - 0.2
+    shares = {"random": (alone, alone), "sampled": (alone, shared), "mean": (alone, None), "max": (shared, None)}
+    for init, pair in shares.items():
+        for seed, share in enumerate(pair):
+            r = record("spt-deep", "digits", seed, 80.0, {"init": init})
+            if share is not None:
+                r["cpu_share"] = {"build": share, "train": share}
+            store.write(r)
+    stats = init_ablation_stats(load_runs(tmp_path)).loc["spt-deep"]
+    assert stats["cores"].to_dict() == {"max": "shared", "mean": "unknown", "random": "alone", "sampled": "shared"}
 
 
 def test_tables_follow_the_task_registry_and_a_new_family_gets_its_own_table(

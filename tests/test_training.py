@@ -3,6 +3,8 @@ on a tiny registered backbone and task (real digit images), plus one hand-driven
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -115,6 +117,17 @@ def test_record_counts_learnable_parameters(monkeypatch, tiny_registered):
         assert params["learnable_without_head"] == learnable - head
         assert params["backbone"] == backbone_params
         assert params["learnable_pct"] == pytest.approx(100.0 * learnable / backbone_params)
+        assert set(record["cpu_share"]) == {"build", "train"} and record["cpu_share"]["train"] > 0
+
+
+def test_the_timer_tells_cpu_seconds_from_wall_clock():
+    idle, busy = engine._Timer(), engine._Timer()
+    with idle:
+        time.sleep(0.2)
+    with busy:
+        sum(i * i for i in range(1_000_000))
+    assert idle.seconds >= 0.2 and idle.cpu_share(threads=1) < 0.25
+    assert busy.cpu_seconds > 0 and engine._Timer().cpu_share(threads=1) is None
 
 
 @pytest.mark.parametrize("method", ["linear", "vpt-deep", "spt-deep", "full"])
