@@ -149,8 +149,9 @@ def _shapes_count() -> TaskData:
 # Epochs per task come from the prompt methods' val curves and from doubling the budget (spt-paper recipe; README,
 # "micro scale"): at 30 epochs, VPT-deep still gained 10-16 points over the last third of training on mnist5k,
 # sprites-ori and shapes-count, against 2-3 on digits and sprites-loc, and shapes-count gained nothing more at 60.
-# Doubling mnist5k from 100 to 200 epochs gained 0-7 points (seeds 0 and 1), and sprites-ori's VPT-deep 6-17 from 200 to
-# 400 (three seeds), so they train 200 and 400; the next doubling is untested. Linear heads train 100 epochs anyway.
+# Doubling mnist5k from 100 to 200 epochs gained 0-7 points (2-2.5 on average over three seeds), and sprites-ori's
+# VPT-deep 6-17 from 200 to 400 (three seeds), so they train 200 and 400; the next doubling is untested. Linear heads
+# train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
