@@ -41,7 +41,7 @@ FORMATS = ("tex", "md", "csv")
 MISSING = {"tex": "--", "md": "–", "csv": ""}
 INIT_ORDER = ("random", "sampled", "mean", "max", "kmeans")
 # A run whose threads got less than this share of their cores' time had other work on them (bench.engine's
-# `cpu_share`): on 2 cores, a two-thread micro run measures about 0.93 alone and 0.50 beside another such run.
+# `cpu_share`): on 2 cores, a two-thread micro run measured 0.99 alone and 0.50 beside another such run.
 SHARED_CORES_BELOW = 0.75
 
 
