@@ -150,8 +150,9 @@ def _shapes_count() -> TaskData:
 # "micro scale"): at 30 epochs, VPT-deep still gained 10-16 points over the last third of training on mnist5k,
 # sprites-ori and shapes-count, against 2-3 on digits and sprites-loc, and shapes-count gained nothing more at 60.
 # Doubling mnist5k from 100 to 200 epochs gained 0-7 points (2-2.5 on average over three seeds), and sprites-ori's
-# VPT-deep 6-17 from 200 to 400 (three seeds), so they train 200 and 400; the next doubling is untested. Linear heads
-# train 100 epochs anyway.
+# VPT-deep 6-17 from 200 to 400 (three seeds), so they train 200 and 400. The next doubling still gained SPT-deep 2-3
+# on mnist5k (two seeds) and VPT-deep 7 on sprites-ori (one seed): untested on three seeds, so not yet the default.
+# Linear heads train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
