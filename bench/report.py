@@ -133,10 +133,9 @@ def load_runs(source: str | Path | Store) -> pd.DataFrame:
     return runs
 
 
-def _variants(runs: pd.DataFrame, without: str | None = None) -> pd.Series:
+def _variants(runs: pd.DataFrame, without: Sequence[str] = ()) -> pd.Series:
     """`method` plus the hyper-parameters that tell its runs apart (bench.store's rule), leaving out `without`."""
-    column = f"hp.{without}"
-    labels = variant_labels(runs.drop(columns=[column]) if column in runs else runs)
+    labels = variant_labels(runs.drop(columns=[f"hp.{name}" for name in without], errors="ignore"))
     return runs["method"] + labels.map(lambda v: f" {v}" if v else "")
 
 
@@ -145,8 +144,8 @@ def _variants(runs: pd.DataFrame, without: str | None = None) -> pd.Series:
 
 @dataclass(frozen=True)
 class Column:
-    """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked), `count` (the `[n]` column) or `gain`
-    (signed points, not ranked)."""
+    """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked), `count` (the `[n]` column), `gain`
+    (signed points, ± std when it has one, not ranked) or `number` (a whole number, not ranked)."""
 
     key: str
     label: str
@@ -276,10 +275,13 @@ def _number(cell: Cell, kind: str, fmt: str) -> str:
         return f"[{cell.mean:.0f}]"
     if kind == "pct":
         return f"{cell.mean:.2f}"
-    if kind == "gain":
-        return f"{cell.mean:+.1f}"
+    if kind == "number":
+        return f"{cell.mean:.0f}"
     pm = " $\\pm$ " if fmt == "tex" else " ± "
-    text = f"{cell.mean:.1f}" + (f"{pm}{cell.std:.1f}" if cell.std is not None else "")
+    spread = f"{pm}{cell.std:.1f}" if cell.std is not None else ""
+    if kind == "gain":
+        return f"{cell.mean:+.1f}{spread}"
+    text = f"{cell.mean:.1f}{spread}"
     if fmt == "tex":
         return {1: f"\\textbf{{{text}}}", 2: f"\\underline{{{text}}}"}.get(cell.rank, text)
     return {1: f"**{text}**", 2: f"*{text}*"}.get(cell.rank, text)
@@ -340,8 +342,8 @@ def to_frame(table: Table) -> pd.DataFrame:
         for column in table.columns:
             cell = cells.get(column.key, Cell())
             row[column.label if column.kind == "acc" else column.key] = cell.mean
-            if column.kind == "acc":
-                row[f"{column.label}_std"] = cell.std
+            if column.kind == "acc" or cell.std is not None:
+                row[f"{column.label if column.kind == 'acc' else column.key}_std"] = cell.std
         records.append(row)
     return pd.DataFrame(records)
 
@@ -400,7 +402,7 @@ def _save(fig: Any, out: Path, stem: str) -> list[Path]:
 
 def _series_label(frame: pd.DataFrame, exclude: str | None, by_backbone: bool = True) -> pd.Series:
     """Variant labels without the plotted setting (it is the x axis), prefixed by the backbone when several."""
-    labels = _variants(frame, without=exclude)
+    labels = _variants(frame, without=(exclude,) if exclude else ())
     if by_backbone and frame["backbone"].nunique() > 1:
         labels = frame["backbone"] + " · " + labels
     return labels
@@ -591,6 +593,57 @@ def convergence_table(runs: pd.DataFrame) -> Table | None:
     return Table("convergence", caption, columns, rows)
 
 
+def _budget_variants(runs: pd.DataFrame) -> pd.Series:
+    """Variant labels without `epochs`, and without `warmup_epochs` where the recipe scales it with the epochs (one
+    warm-up per budget): a longer budget is then the same variant trained longer. Where a warm-up was swept at some
+    budget, it stays in the labels of that variant and task."""
+    coarse = _variants(runs, without=("epochs", "warmup_epochs"))
+    if "hp.warmup_epochs" not in runs:
+        return coarse
+    keys = [runs["backbone"], coarse, runs["task"]]
+    per_budget = runs.groupby([*keys, runs["hp.epochs"]], dropna=False)["hp.warmup_epochs"].transform("nunique")
+    swept = per_budget.groupby(keys, dropna=False).transform("max") > 1
+    return coarse.where(~swept, _variants(runs, without=("epochs",)))
+
+
+def _over_seeds(values: pd.Series) -> Cell:
+    return Cell(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def budget_table(runs: pd.DataFrame) -> Table | None:
+    """Per variant and task recorded at several epoch budgets, one row per step to the next longer budget: test
+    accuracy before and after, and the gain, over the seeds that ran both; None when no variant has two budgets."""
+    if "hp.epochs" not in runs:
+        return None
+    runs = runs.assign(budget_variant=_budget_variants(runs))
+    columns = [Column("before", "before"), Column("after", "after"), Column("gain", "gain", "gain"),
+               Column("seeds", "seeds", "number")]
+    order = _task_order(runs["task"])
+    rows = []
+    for (backbone, variant, task), frame in sorted(
+            runs[runs["hp.epochs"].notna()].groupby(["backbone", "budget_variant", "task"]),
+            key=lambda item: (item[0][0], natural_key(item[0][1]), order.index(item[0][2]))):
+        by_budget = frame.groupby("hp.epochs")
+        budgets = sorted(by_budget.groups)
+        for short, long in zip(budgets, budgets[1:]):
+            paired = by_budget.get_group(short)[["seed", "acc"]].merge(
+                by_budget.get_group(long)[["seed", "acc"]], on="seed", suffixes=("_before", "_after"))
+            if paired.empty:
+                continue
+            rows.append((backbone, f"{variant} on {task}: {short:g} to {long:g} epochs",
+                         {"before": _over_seeds(paired["acc_before"]), "after": _over_seeds(paired["acc_after"]),
+                          "gain": _over_seeds(paired["acc_after"] - paired["acc_before"]),
+                          "seeds": Cell(float(len(paired)))}))
+    if not rows:
+        return None
+    caption = ("Budget: test accuracy (\\%) of a variant on a task before and after each step to the next longer "
+               "recorded training budget (warm-up scales with the epochs under the recipes), over the seeds that ran "
+               "both, mean $\\pm$ sample std; gain: after minus before, paired by seed. A gain within the seeds' spread "
+               "says the shorter budget had plateaued. Under a cosine schedule a val curve flattens at its end "
+               "whether or not more epochs would help, so this, not the convergence table, is the test.")
+    return Table("budget", caption, columns, rows)
+
+
 def val_curves(runs: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
     """Task -> variant (prefixed by its backbone when several) -> val accuracy after each epoch (index 1, 2, ...),
     the mean over the variant's seeds; tasks in the suites' order. Only `fixed` runs score val every epoch
@@ -724,6 +777,11 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
         notes.append("convergence table skipped: no record carries a val curve (only fixed-protocol runs score val)")
     else:
         paths += write_table(convergence, out, formats)
+    budget = budget_table(runs)
+    if budget is None:
+        notes.append("budget table skipped: no variant was recorded at two epoch budgets on a task and seed")
+    else:
+        paths += write_table(budget, out, formats)
     for figure in FIGURES:
         made = figure(runs, out)
         if isinstance(made, str):

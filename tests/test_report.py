@@ -13,7 +13,7 @@ import pytest
 from bench.cli import main
 from bench.config import RunSpec
 from bench.report import (
-    SHARED_CORES_BELOW, build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats,
+    SHARED_CORES_BELOW, budget_table, build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats,
     last_third_gain, load_runs, suite_table, suites, to_latex, to_markdown, val_curves,
 )
 from bench.store import Store
@@ -185,6 +185,38 @@ def test_convergence_table_is_the_seed_mean_gain_per_variant_and_task(tmp_path: 
     assert cells["vpt-deep"]["sprites-loc"].mean == pytest.approx(30.0)
     assert "sprites-loc" not in cells["linear"]
     assert "| micro-vit | linear | +15.0 | – |" in to_markdown(table)
+
+
+def test_budget_table_pairs_each_budget_with_the_next_longer_one_by_seed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # warm-up a tenth of the epochs, as the recipes set it: one variant trained for three budgets
+    for epochs, accs in ((10, [50.0, 54.0, 58.0]), (20, [60.0, 60.0]), (40, [61.0, 63.0, 70.0])):
+        for seed, acc in enumerate(accs):
+            store.write(record("vpt-deep", "digits", seed, acc, {"epochs": epochs, "warmup_epochs": epochs / 10}))
+    # a warm-up swept at one budget is a setting of its own: only the 2-epoch warm-up ran a second budget
+    for epochs, warmup, acc in ((10, 1.0, 70.0), (10, 2.0, 72.0), (20, 2.0, 75.0)):
+        store.write(record("spt-deep", "digits", 0, acc, {"epochs": epochs, "warmup_epochs": warmup}))
+    store.write(record("linear", "sprites-loc", 0, 40.0))  # one budget: no row
+
+    table = budget_table(load_runs(tmp_path))
+    cells = {variant: cells for _, variant, cells in table.rows}
+    assert list(cells) == ["spt-deep warmup_epochs=2 on digits: 10 to 20 epochs",
+                           "vpt-deep on digits: 10 to 20 epochs", "vpt-deep on digits: 20 to 40 epochs"]
+    swept, first, second = cells.values()
+    assert (swept["gain"].mean, swept["gain"].std, swept["seeds"].mean) == (3.0, None, 1)
+    assert (first["before"].mean, first["after"].mean, first["seeds"].mean) == (52.0, 60.0, 2)  # seed 2 ran 10 only
+    assert first["gain"].mean == pytest.approx(statistics.mean([60.0 - 50.0, 60.0 - 54.0]))
+    assert first["gain"].std == pytest.approx(statistics.stdev([10.0, 6.0]))
+    assert second["gain"].mean == pytest.approx(statistics.mean([1.0, 3.0]))
+    assert "| micro-vit | vpt-deep on digits: 10 to 20 epochs | 52.0 ± 2.8 | 60.0 ± 0.0 | +8.0 ± 2.8 | 2 |" in (
+        to_markdown(table))
+    assert "+8.0 $\\pm$ 2.8 & 2 \\\\" in to_latex(table)
+
+
+def test_budget_table_is_skipped_with_a_note_when_every_variant_ran_one_budget(results: Path, tmp_path: Path) -> None:
+    report = build_report(results, tmp_path / "report", ("md",))
+    assert any(note.startswith("budget table skipped") for note in report.notes)
+    assert not (tmp_path / "report" / "budget.md").exists()
 
 
 def test_val_curve_figure_is_skipped_with_a_note_when_no_run_scored_val(tmp_path: Path) -> None:
