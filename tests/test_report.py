@@ -204,7 +204,7 @@ def test_budget_table_pairs_each_budget_with_the_next_longer_one_by_seed(tmp_pat
                            "vpt-deep on digits: 10 to 20 epochs", "vpt-deep on digits: 20 to 40 epochs"]
     swept, first, second = cells.values()
     assert (swept["gain"].mean, swept["gain"].std, swept["seeds"].mean) == (3.0, None, 1)
-    assert (first["before"].mean, first["after"].mean, first["seeds"].mean) == (52.0, 60.0, 2)  # seed 2 ran 10 only
+    assert (first["before"].mean, first["after"].mean, first["seeds"].mean) == (52.0, 60.0, 2)  # seed 2 skipped 20
     assert first["gain"].mean == pytest.approx(statistics.mean([60.0 - 50.0, 60.0 - 54.0]))
     assert first["gain"].std == pytest.approx(statistics.stdev([10.0, 6.0]))
     assert second["gain"].mean == pytest.approx(statistics.mean([1.0, 3.0]))
