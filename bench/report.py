@@ -168,12 +168,16 @@ class Table:
     spans: list[tuple[str, int]] = field(default_factory=list)  # group header over the first acc columns
 
 
+def _over_seeds(values: pd.Series) -> Cell:
+    """Mean and sample std (n − 1) of one value per seed; no std from a single seed."""
+    return Cell(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
 def _cells(runs: pd.DataFrame) -> dict[tuple[str, str], dict[str, Cell]]:
     """Per (backbone, variant), per task: mean and sample std of test accuracy over seeds."""
     out: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
     for (backbone, variant, task), acc in runs.groupby(["backbone", "variant", "task"])["acc"]:
-        std = float(acc.std(ddof=1)) if len(acc) > 1 else None
-        out[(backbone, variant)][task] = Cell(float(acc.mean()), std)
+        out[(backbone, variant)][task] = _over_seeds(acc)
     return out
 
 
@@ -341,9 +345,10 @@ def to_frame(table: Table) -> pd.DataFrame:
         row: dict[str, Any] = {"backbone": backbone, "method": variant}
         for column in table.columns:
             cell = cells.get(column.key, Cell())
-            row[column.label if column.kind == "acc" else column.key] = cell.mean
+            name = column.label if column.kind == "acc" else column.key
+            row[name] = cell.mean
             if column.kind == "acc" or cell.std is not None:
-                row[f"{column.label if column.kind == 'acc' else column.key}_std"] = cell.std
+                row[f"{name}_std"] = cell.std
         records.append(row)
     return pd.DataFrame(records)
 
@@ -604,10 +609,6 @@ def _budget_variants(runs: pd.DataFrame) -> pd.Series:
     per_budget = runs.groupby([*keys, runs["hp.epochs"]], dropna=False)["hp.warmup_epochs"].transform("nunique")
     swept = per_budget.groupby(keys, dropna=False).transform("max") > 1
     return coarse.where(~swept, _variants(runs, without=("epochs",)))
-
-
-def _over_seeds(values: pd.Series) -> Cell:
-    return Cell(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
 def budget_table(runs: pd.DataFrame) -> Table | None:
