@@ -145,7 +145,8 @@ def _variants(runs: pd.DataFrame, without: Sequence[str] = ()) -> pd.Series:
 @dataclass(frozen=True)
 class Column:
     """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked), `count` (the `[n]` column), `gain`
-    (signed points, ± std when it has one, not ranked) or `number` (a whole number, not ranked)."""
+    (signed points, ± std when it has one, not ranked), `number` (a whole number, not ranked) or `verdict` (yes for
+    a true value, no for a false one)."""
 
     key: str
     label: str
@@ -281,6 +282,8 @@ def _number(cell: Cell, kind: str, fmt: str) -> str:
         return f"{cell.mean:.2f}"
     if kind == "number":
         return f"{cell.mean:.0f}"
+    if kind == "verdict":
+        return "yes" if cell.mean else "no"
     pm = " $\\pm$ " if fmt == "tex" else " ± "
     spread = f"{pm}{cell.std:.1f}" if cell.std is not None else ""
     if kind == "gain":
@@ -618,7 +621,7 @@ def budget_table(runs: pd.DataFrame) -> Table | None:
         return None
     runs = runs.assign(budget_variant=_budget_variants(runs))
     columns = [Column("before", "before"), Column("after", "after"), Column("gain", "gain", "gain"),
-               Column("seeds", "seeds", "number")]
+               Column("seeds", "seeds", "number"), Column("plateaued", "plateaued", "verdict")]
     order = _task_order(runs["task"])
     rows = []
     for (backbone, variant, task), frame in sorted(
@@ -631,16 +634,19 @@ def budget_table(runs: pd.DataFrame) -> Table | None:
                 by_budget.get_group(long)[["seed", "acc"]], on="seed", suffixes=("_before", "_after"))
             if paired.empty:
                 continue
+            gain = _over_seeds(paired["acc_after"] - paired["acc_before"])
+            # One seed has no spread to weigh its gain against, so it gives no verdict.
+            plateaued = Cell() if gain.std is None else Cell(float(gain.mean <= gain.std))
             rows.append((backbone, f"{variant} on {task}: {short:g} to {long:g} epochs",
                          {"before": _over_seeds(paired["acc_before"]), "after": _over_seeds(paired["acc_after"]),
-                          "gain": _over_seeds(paired["acc_after"] - paired["acc_before"]),
-                          "seeds": Cell(float(len(paired)))}))
+                          "gain": gain, "seeds": Cell(float(len(paired))), "plateaued": plateaued}))
     if not rows:
         return None
     caption = ("Budget: test accuracy (\\%) of a variant on a task before and after each step to the next longer "
                "recorded training budget (warm-up scales with the epochs under the recipes), over the seeds that ran "
-               "both, mean $\\pm$ sample std; gain: after minus before, paired by seed. A gain within the seeds' spread "
-               "says the shorter budget had plateaued. Under a cosine schedule a val curve flattens at its end "
+               "both, mean $\\pm$ sample std; gain: after minus before, paired by seed; plateaued: yes when the mean gain is at "
+               "most the gains' sample std (the shorter budget had plateaued), no when it is larger, none from one "
+               "seed. Under a cosine schedule a val curve flattens at its end "
                "whether or not more epochs would help, so this, not the convergence table, is the test.")
     return Table("budget", caption, columns, rows)
 

@@ -190,7 +190,7 @@ def test_convergence_table_is_the_seed_mean_gain_per_variant_and_task(tmp_path: 
 def test_budget_table_pairs_each_budget_with_the_next_longer_one_by_seed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     # warm-up a tenth of the epochs, as the recipes set it: one variant trained for three budgets
-    for epochs, accs in ((10, [50.0, 54.0, 58.0]), (20, [60.0, 60.0]), (40, [61.0, 63.0, 70.0])):
+    for epochs, accs in ((10, [50.0, 54.0, 58.0]), (20, [60.0, 60.0]), (40, [61.0, 59.0, 70.0])):
         for seed, acc in enumerate(accs):
             store.write(record("vpt-deep", "digits", seed, acc, {"epochs": epochs, "warmup_epochs": epochs / 10}))
     # a warm-up swept at one budget is a setting of its own: only the 2-epoch warm-up ran a second budget
@@ -207,10 +207,15 @@ def test_budget_table_pairs_each_budget_with_the_next_longer_one_by_seed(tmp_pat
     assert (first["before"].mean, first["after"].mean, first["seeds"].mean) == (52.0, 60.0, 2)  # seed 2 skipped 20
     assert first["gain"].mean == pytest.approx(statistics.mean([60.0 - 50.0, 60.0 - 54.0]))
     assert first["gain"].std == pytest.approx(statistics.stdev([10.0, 6.0]))
-    assert second["gain"].mean == pytest.approx(statistics.mean([1.0, 3.0]))
-    assert "| micro-vit | vpt-deep on digits: 10 to 20 epochs | 52.0 ± 2.8 | 60.0 ± 0.0 | +8.0 ± 2.8 | 2 |" in (
-        to_markdown(table))
-    assert "+8.0 $\\pm$ 2.8 & 2 \\\\" in to_latex(table)
+    assert second["gain"].mean == pytest.approx(statistics.mean([1.0, -1.0]))
+    # the verdict: a mean gain within the gains' sample std is a plateau; one seed gives none
+    assert [step["plateaued"].mean for step in (swept, first, second)] == [None, 0.0, 1.0]
+    markdown = to_markdown(table)
+    assert "| micro-vit | vpt-deep on digits: 10 to 20 epochs | 52.0 ± 2.8 | 60.0 ± 0.0 | +8.0 ± 2.8 | 2 | no |" in (
+        markdown)
+    assert "| vpt-deep on digits: 20 to 40 epochs | 60.0 ± 0.0 | 60.0 ± 1.4 | +0.0 ± 1.4 | 2 | yes |" in markdown
+    assert "| +3.0 | 1 | – |" in markdown
+    assert "+8.0 $\\pm$ 2.8 & 2 & no \\\\" in to_latex(table)
 
 
 def test_budget_table_is_skipped_with_a_note_when_every_variant_ran_one_budget(results: Path, tmp_path: Path) -> None:
