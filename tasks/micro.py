@@ -151,8 +151,9 @@ def _shapes_count() -> TaskData:
 # gained 10-16 points over the last third of training on mnist5k, sprites-ori and shapes-count, against 2-3 on digits
 # and sprites-loc, and shapes-count gained nothing more at 60. On mnist5k, 100 to 200 epochs gained both methods 2-2.5
 # points and 200 to 400 gained SPT-deep 2.0 (every seed) and VPT-deep 0.3 (-3.2 to +5.2); on sprites-ori, 200 to 400
-# gained VPT-deep 11.3 (three seeds). So both train 400. Their next doublings (SPT-deep on mnist5k, VPT-deep on
-# sprites-ori) have not run on three seeds (README), so they are not the default.
+# gained VPT-deep 11.3 (three seeds). So both train 400. A doubling pays when its mean same-seed gain over three seeds
+# exceeds the gains' sample std: 400 to 800 on sprites-ori moved VPT-deep 1.8 +- 4.6, so it did not; SPT-deep on
+# mnist5k has not run 800 (README).
 # Linear heads train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=30, protocol="fixed"),
