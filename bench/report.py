@@ -644,10 +644,10 @@ def budget_table(runs: pd.DataFrame) -> Table | None:
         return None
     caption = ("Budget: test accuracy (\\%) of a variant on a task before and after each step to the next longer "
                "recorded training budget (warm-up scales with the epochs under the recipes), over the seeds that ran "
-               "both, mean $\\pm$ sample std; gain: after minus before, paired by seed; plateaued: yes when the mean gain is at "
-               "most the gains' sample std (the shorter budget had plateaued), no when it is larger, none from one "
-               "seed. Under a cosine schedule a val curve flattens at its end "
-               "whether or not more epochs would help, so this, not the convergence table, is the test.")
+               "both, mean $\\pm$ sample std; gain: after minus before, paired by seed; plateaued: yes when the "
+               "mean gain is at most the gains' sample std (the shorter budget had plateaued), no when it is larger, "
+               "none from one seed. Under a cosine schedule a val curve flattens at its end whether or not more "
+               "epochs would help, so this, not the convergence table, is the test.")
     return Table("budget", caption, columns, rows)
 
 
