@@ -21,9 +21,10 @@ from rich.table import Table
 from bench import BenchError
 from bench.backbone import DEFAULT_BACKBONE
 
-DEFAULT_METHODS = "pixels,linear,vpt-deep,spt-deep"
-# One micro task, the one whose prompt runs plateau soonest (60 epochs): a second task, or digits (120), would take the
-# default run past 10 minutes on 2 CPU cores (`--tasks micro` runs all five).
+# The default run fits in about 10 minutes on 2 CPU cores: one micro task, the one whose prompt runs plateau soonest
+# (sprites-loc, 60 epochs; digits trains 120), and one prompt method beside the two sanity baselines. A second prompt
+# run (VPT) was on course for about 13 minutes on a slower 2-core machine; `--tasks micro` runs all five tasks.
+DEFAULT_METHODS = "pixels,linear,spt-deep"
 DEFAULT_TASKS = "sprites-loc"
 
 
