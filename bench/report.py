@@ -445,7 +445,8 @@ def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
     `cores`, how its runs had the CPU while they built: "alone", "shared" (some run's `cpu_share` was below
     SHARED_CORES_BELOW) or "unknown" (some run recorded none: a GPU run, or a record older than the measure).
 
-    Returns a note instead when fewer than two initialisations are recorded.
+    A series with a single initialisation compares nothing and is left out (a store that swept the epochs of one
+    init beside an init sweep at one budget). Returns a note instead when no series has two initialisations.
     """
     have = runs[runs["hp.init"].notna()].copy() if "hp.init" in runs else runs.iloc[:0]
     if have.empty or have["hp.init"].nunique() < 2:
@@ -457,6 +458,8 @@ def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
     have["cores"] = np.select([share.isna(), share < SHARED_CORES_BELOW], ["unknown", "shared"], "alone")
     parts = []
     for name, frame in have.groupby("series"):
+        if frame["init"].nunique() < 2:
+            continue
         common = _on_common_tasks(frame, "init")
         per_seed = common.groupby(["init", "seed"]).agg(acc=("acc", "mean"),
                                                         secs=("wallclock.prompt_construction", "mean"))
@@ -464,6 +467,8 @@ def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
                                              secs=("secs", "mean"))
         stats["cores"] = common.groupby("init")["cores"].agg(_worst_cores)
         parts.append(stats.assign(series=name).reset_index())
+    if not parts:
+        return "init ablation skipped: no series recorded at two prompt initialisations"
     return pd.concat(parts).set_index(["series", "init"])
 
 

@@ -294,6 +294,26 @@ def test_init_ablation_bars_are_seed_means_of_task_means_with_the_sample_std_ove
     assert [p.name for p in paths] == ["init_ablation.pdf", "init_ablation.png"]
 
 
+def test_an_init_ablation_leaves_out_series_that_ran_one_init(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # An init sweep at 60 epochs beside a budget sweep of `sampled` alone: only the 60-epoch series compares inits.
+    for init, acc in (("kmeans", 70.0), ("sampled", 60.0)):
+        store.write(record("spt-deep", "digits", 0, acc, {"init": init, "epochs": 60}))
+    store.write(record("spt-deep", "digits", 0, 90.0, {"init": "sampled", "epochs": 120}))
+    stats = init_ablation_stats(load_runs(tmp_path))
+    assert stats["acc"].to_dict() == {("spt-deep epochs=60", "kmeans"): 70.0, ("spt-deep epochs=60", "sampled"): 60.0}
+    store.write(record("spt-deep", "digits", 0, 70.0, {"init": "kmeans", "epochs": 120}))
+    assert len(init_ablation_stats(load_runs(tmp_path))) == 4
+
+
+def test_an_init_ablation_with_one_init_per_series_is_skipped_with_a_note(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write(record("spt-deep", "digits", 0, 60.0, {"init": "kmeans", "epochs": 60}))
+    store.write(record("spt-deep", "digits", 0, 90.0, {"init": "sampled", "epochs": 120}))
+    assert init_ablation_stats(load_runs(tmp_path)) == \
+        "init ablation skipped: no series recorded at two prompt initialisations"
+
+
 def test_an_init_ablation_bar_says_whether_its_runs_had_the_cores_while_they_built(tmp_path: Path) -> None:
     store = Store(tmp_path)
     # random: both alone; sampled: one of two shared the cores; mean: one never measured; max: shared beats unknown.
