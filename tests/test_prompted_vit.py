@@ -167,8 +167,10 @@ def test_deep_prompt_sets_each_influence_the_output(tiny_vit, images):
         reference = PromptedViT(vit, prompts, "token").eval()(images)
         for i in range(3):
             changed = prompts.clone()
-            changed[i] += 1.0
-            assert not torch.allclose(PromptedViT(vit, changed, "token").eval()(images), reference)
+            # Random, not constant: adding one number to every feature of a token is undone by the LayerNorm that
+            # each block applies first, so such a change reaches the output only as rounding error.
+            changed[i] += torch.randn(changed[i].shape, generator=torch.Generator().manual_seed(i))
+            assert not torch.allclose(PromptedViT(vit, changed, "token").eval()(images), reference, atol=1e-3)
         assert not torch.allclose(PromptedViT(vit, prompts[:1], "token").eval()(images), reference)
 
 
