@@ -810,7 +810,27 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
                          "published number (bench/published.csv)")
         else:
             paths += write_published(beside, out, formats)
+    notes += _drop_stale(out, paths, attempted_published=published)
     return Report(summary, paths, notes, comparison, beside)
+
+
+# What the last `bench report` wrote in its directory, so that a table or figure it now skips does not linger there
+# looking current. Files it never wrote are left alone.
+WRITTEN_LIST = ".bench-report-files"
+
+
+def _drop_stale(out: Path, paths: list[Path], attempted_published: bool) -> list[str]:
+    """Remove the files an earlier report wrote for a table or figure that this one did not write (in any format);
+    keep the published table when it was not asked for this time. Returns a note per removed file."""
+    listed = out / WRITTEN_LIST
+    before = listed.read_text().split() if listed.exists() else []
+    current = {path.stem for path in paths} | (set() if attempted_published else {"published"})
+    stale = [name for name in before if Path(name).stem not in current]
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    kept = {name for name in before if Path(name).stem in current and (out / name).exists()}
+    listed.write_text("".join(f"{name}\n" for name in sorted(kept | {path.name for path in paths})))
+    return [f"removed {name}: an earlier report wrote it, and this one skipped it" for name in stale]
 
 
 def to_rich(table: Table) -> Any:

@@ -314,6 +314,23 @@ def test_an_init_ablation_with_one_init_per_series_is_skipped_with_a_note(tmp_pa
         "init ablation skipped: no series recorded at two prompt initialisations"
 
 
+def test_a_report_removes_what_an_earlier_report_wrote_for_a_figure_it_now_skips(tmp_path: Path) -> None:
+    store = Store(tmp_path / "results")
+    kmeans = record("spt-deep", "digits", 0, 70.0, {"init": "kmeans"})
+    store.write(kmeans)
+    store.write(record("spt-deep", "digits", 0, 60.0, {"init": "sampled"}))
+    out = tmp_path / "report"
+    build_report(tmp_path / "results", out, ("md", "tex"))
+    assert (out / "init_ablation.png").exists()
+    (out / "my_notes.md").write_text("not the report's")
+    (tmp_path / "results" / "runs" / f"{kmeans['id']}.json").unlink()
+    report = build_report(tmp_path / "results", out, ("md",))
+    assert not (out / "init_ablation.png").exists() and not (out / "init_ablation.pdf").exists()
+    assert "removed init_ablation.png: an earlier report wrote it, and this one skipped it" in report.notes
+    # A table written again in fewer formats keeps its other formats; a file the report never wrote stays.
+    assert (out / "summary.tex").exists() and (out / "my_notes.md").exists()
+
+
 def test_an_init_ablation_bar_says_whether_its_runs_had_the_cores_while_they_built(tmp_path: Path) -> None:
     store = Store(tmp_path)
     # random: both alone; sampled: one of two shared the cores; mean: one never measured; max: shared beats unknown.
