@@ -448,9 +448,10 @@ def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
     A series with a single initialisation compares nothing and is left out (a store that swept the epochs of one
     init beside an init sweep at one budget). Returns a note instead when no series has two initialisations.
     """
+    skipped = "init ablation skipped: no series recorded at two prompt initialisations"
     have = runs[runs["hp.init"].notna()].copy() if "hp.init" in runs else runs.iloc[:0]
-    if have.empty or have["hp.init"].nunique() < 2:
-        return "init ablation skipped: fewer than two prompt initialisations recorded"
+    if have.empty:
+        return skipped
     have["init"] = have["hp.init"]
     have["series"] = _series_label(have, exclude="init")
     share = have["cpu_share.build"].astype(float) if "cpu_share.build" in have \
@@ -468,7 +469,7 @@ def init_ablation_stats(runs: pd.DataFrame) -> pd.DataFrame | str:
         stats["cores"] = common.groupby("init")["cores"].agg(_worst_cores)
         parts.append(stats.assign(series=name).reset_index())
     if not parts:
-        return "init ablation skipped: no series recorded at two prompt initialisations"
+        return skipped
     return pd.concat(parts).set_index(["series", "init"])
 
 

@@ -312,6 +312,11 @@ def test_an_init_ablation_with_one_init_per_series_is_skipped_with_a_note(tmp_pa
     store.write(record("spt-deep", "digits", 0, 90.0, {"init": "sampled", "epochs": 120}))
     assert init_ablation_stats(load_runs(tmp_path)) == \
         "init ablation skipped: no series recorded at two prompt initialisations"
+    # The same note when the whole store ran one init, or none.
+    assert init_ablation_stats(load_runs(tmp_path).query("`hp.init` == 'sampled'")) == \
+        "init ablation skipped: no series recorded at two prompt initialisations"
+    assert init_ablation_stats(load_runs(tmp_path).drop(columns="hp.init")) == \
+        "init ablation skipped: no series recorded at two prompt initialisations"
 
 
 def test_a_report_removes_what_an_earlier_report_wrote_for_a_figure_it_now_skips(tmp_path: Path) -> None:
