@@ -154,8 +154,7 @@ def _shapes_count() -> TaskData:
 # sprites-loc, 60 to 120 moved VPT-deep 0.1 +- 2.0 and SPT-deep -0.4 +- 2.4, so it stays at 60. On shapes-count, 60 to
 # 120 gained VPT-deep 1.3 +- 1.0 and SPT-deep 2.3 +- 2.0, and 120 to 240 moved them -0.7 +- 0.2 and -0.9 +- 4.6, so it
 # trains 120. On mnist5k, 200 to 400 gained SPT-deep 2.0 +- 1.1; on sprites-ori, VPT-deep 11.3 +- 5.4. So both train
-# 400, and 400 to 800 on sprites-ori moved VPT-deep 1.8 +- 4.6, which did not pay. Mnist5k's next doubling has run
-# for one seed of SPT-deep (README).
+# 400: 400 to 800 moved SPT-deep -1.3 +- 0.5 on mnist5k and VPT-deep 1.8 +- 4.6 on sprites-ori, neither of which paid.
 # Linear heads train 100 epochs anyway.
 for _task, _description in (
     (Task("digits", "micro/real", 10, lambda _root=None: _real_task("digits"), epochs=120, protocol="fixed"),
