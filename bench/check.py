@@ -50,25 +50,35 @@ class CheckRow:
         return None if self.baseline is None or self.now is None else self.now - self.baseline
 
 
-def read_baseline(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BaselineRun:
+    """One run of a baseline file: what ran, and the test accuracy (%) it reached when the baseline was made."""
+
+    spec: RunSpec
+    test_acc: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.spec.label, "spec": self.spec.to_dict(), "test_acc": self.test_acc}
+
+
+def read_baseline(path: Path) -> list[BaselineRun]:
     try:
-        baseline = json.loads(path.read_text())
-        [RunSpec(**run["spec"]) for run in baseline["runs"]]
+        runs = json.loads(path.read_text())["runs"]
+        return [BaselineRun(RunSpec(**run["spec"]), run["test_acc"]) for run in runs]
     except FileNotFoundError:
         raise BenchError(f"baseline {path} does not exist; create it with `bench check --update`") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BenchError(f"baseline {path} is not a bench check baseline ({type(exc).__name__}); "
                          "recreate it with `bench check --update`") from None
-    return baseline
 
 
 def run_check(
     baseline_path: Path, tolerance: float, update: bool, progress: GridEvents, results: Path | None = None
 ) -> list[CheckRow]:
     """Recompute the baseline's runs (the default subset when updating) and compare them with the baseline."""
-    baseline = None if update else read_baseline(baseline_path)
-    specs = [RunSpec(**run["spec"]) for run in baseline["runs"]] if baseline else default_subset().fixed_specs()
-    expected = {RunSpec(**run["spec"]).run_id: run["test_acc"] for run in baseline["runs"]} if baseline else {}
+    baseline = [] if update else read_baseline(baseline_path)
+    specs = default_subset().fixed_specs() if update else [run.spec for run in baseline]
+    expected = {run.spec.run_id: run.test_acc for run in baseline}
     with contextlib.ExitStack() as stack:
         store = Store(results or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-check-")))
         execute(specs, Execution(store), progress, "check")
@@ -77,7 +87,7 @@ def run_check(
     rows = []
     for spec in specs:
         record = records[spec.run_id]
-        now = record["metrics"]["test_acc"] if record and record["status"] == "done" else None
+        now = record.test_acc if record is not None and record.done else None
         before = expected.get(spec.run_id)
         if now is None:
             status = "failed"
@@ -96,9 +106,6 @@ def run_check(
 
 def write_baseline(path: Path, specs: list[RunSpec], rows: list[CheckRow]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs = [
-        {"label": row.label, "spec": spec.to_dict(), "test_acc": row.now}
-        for spec, row in zip(specs, rows)
-    ]
+    runs = [BaselineRun(spec, row.now).to_dict() for spec, row in zip(specs, rows)]
     note = "bench check baseline: rewrite with `bench check --update`; accuracies are test %, CPU, one seed"
     path.write_text(json.dumps({"note": note, "runs": runs}, indent=1) + "\n")

@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 from rich.progress import Progress as RichProgress
@@ -20,6 +20,10 @@ from rich.table import Table
 
 from bench import BenchError
 from bench.backbone import DEFAULT_BACKBONE
+
+if TYPE_CHECKING:
+    from bench.scheduler import Plan
+    from bench.store import Store
 
 # The default run fits in about 10 minutes on 2 CPU cores: one micro task, the one whose prompt runs plateau soonest
 # (sprites-loc, 60 epochs; digits trains 120), and one prompt method beside the two sanity baselines. A second prompt
@@ -305,71 +309,36 @@ def _print_recipes(registry: Any, console: Console) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    registries = _registries()
-    from bench.backbone import load_backbone
+    _registries()
     from bench.progress import GridDisplay
-    from bench.scheduler import Execution, Grid, execute, final_specs, parse_sets, select_best
+    from bench.scheduler import Execution, RunRequest, plan_run, run_plan
     from bench.store import Store, summarise
 
-    # Every input is checked before the first run, so a bad one is one line and exit 2 with nothing written, never a
-    # grid of failed records.
-    if args.weights is not None and not args.weights.is_file():
-        raise BenchError(f"--weights {args.weights} does not exist; pass a checkpoint file")
     device = resolve_device(args.device)
-    if args.backend == "dask" and not args.scheduler:
-        raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
-    _check_writable(args.results)
-    method_names = registries["methods"].resolve(args.methods)
-    task_names = registries["tasks"].resolve(args.tasks)
-    backbones = [name.strip() for name in args.backbone.split(",") if name.strip()]
-    for name in backbones:
-        # Building the backbone once reads its checkpoint as every run would: safe to unpickle, a ViT of this
-        # width, keys that convert; or finds its hub or packaged weights.
-        load_backbone(name, args.weights)
-    sweeps = parse_sets(args.sets)
-    if args.epochs is not None:
-        sweeps["epochs"] = [str(args.epochs)]
-    weights = str(args.weights.resolve()) if args.weights else None
-    tasks_by_protocol: dict[str, list[str]] = {}
-    for name in task_names:
-        # Loading reads list files, not images: a missing dataset fails here, before the first run.
-        task = registries["tasks"].get(name)
-        task.load(args.data_root)
-        tasks_by_protocol.setdefault(args.protocol or task.protocol, []).append(name)
-    grids = {
-        protocol: Grid(method_names, names, backbones, args.seeds, sweeps, weights, args.recipe)
-        for protocol, names in tasks_by_protocol.items()
-    }
+    plan = plan_run(RunRequest(
+        methods=args.methods, tasks=args.tasks, seeds=args.seeds, results=args.results, sets=args.sets,
+        backbones=[name.strip() for name in args.backbone.split(",") if name.strip()], epochs=args.epochs,
+        weights=args.weights, recipe=args.recipe, protocol=args.protocol, data_root=args.data_root,
+        backend=args.backend, dask_address=args.scheduler,
+    ))
     store = Store(args.results)
     execution = Execution(
         store, device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed
     )
     if args.dry_run:
-        return _dry_run(grids, execution, args.seeds, set(sweeps), console)
+        return _dry_run(plan, store, console)
 
-    outcomes = []
-    reported = []
     with GridDisplay(console) as display:
-        if "fixed" in grids:
-            specs = grids["fixed"].fixed_specs()
-            outcomes += execute(specs, execution, display, "runs").outcomes
-            reported += specs
-        if "tune" in grids:
-            tuning = grids["tune"].tuning_specs()
-            outcomes += execute(tuning, execution, display, "stage 1: tune on val").outcomes
-            best, unselectable = select_best(tuning, store)
-            for group in unselectable:
-                console.print(f"no stage-1 run of {' · '.join(map(str, group[:3]))} finished; nothing to select")
-            finals = final_specs(best, args.seeds)
-            outcomes += execute(finals, execution, display, "stage 2: train+val -> test").outcomes
-            reported += finals
-
+        result = run_plan(plan, execution, display)
+    for group in result.unselectable:
+        console.print(f"no stage-1 run of {' · '.join(map(str, group[:3]))} finished; nothing to select")
+    outcomes = result.outcomes
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "busy", "failed")}
     console.print(
         f"{counts['done']} run(s) done, {counts['skipped']} already finished, {counts['busy']} running elsewhere, "
         f"{counts['failed']} failed; records in {store.runs}", highlight=False,
     )
-    table = summarise(store.load(), {spec.run_id for spec in reported})
+    table = summarise(store.load(), {spec.run_id for spec in result.reported})
     if not table.empty:
         console.print(_frame_table(table, "test accuracy (%): mean ± sample std over seeds"))
     failed = [o for o in outcomes if o.status == "failed"]
@@ -380,26 +349,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 1 if failed else 0
 
 
-def _dry_run(grids: dict[str, Any], execution: Any, seeds: list[int], swept: set[str], console: Console) -> int:
+def _dry_run(plan: Plan, store: Store, console: Console) -> int:
     table = Table(title="grid (dry run: nothing is executed)", title_justify="left")
     for column in ("stage", "method", "task", "backbone", "seed", "hyper-parameters", "status", "id"):
         table.add_column(column)
-    specs = []
-    if "fixed" in grids:
-        specs += grids["fixed"].fixed_specs()
-    if "tune" in grids:
-        specs += grids["tune"].tuning_specs()
-    for spec in specs:
-        record = execution.store.read(spec.run_id)
-        status = record["status"] if record else "pending"
-        shown = {"lr", "weight_decay", "epochs", *swept}
+    shown = {"lr", "weight_decay", "epochs", *plan.swept}
+    for spec in plan.known:
+        record = store.read(spec.run_id)
+        status = record.status if record else "pending"
         hparams = ", ".join(f"{k}={v}" for k, v in spec.hparams.items() if k in shown)
         table.add_row(spec.stage, spec.method, spec.task, spec.backbone, str(spec.seed), hparams, status, spec.run_id)
     console.print(table)
-    line = f"{len(specs)} run(s)"
-    if "tune" in grids:
-        groups = {(s.method, s.task, s.backbone) for s in grids["tune"].tuning_specs()}
-        line += f"; after tuning, stage 2 trains {len(groups)} selected setting(s) × {len(seeds)} seed(s)"
+    line = f"{len(plan.known)} run(s)"
+    if plan.tuning:
+        line += f"; after tuning, stage 2 trains {plan.selections} selected setting(s) × {len(plan.seeds)} seed(s)"
     console.print(line, highlight=False)
     return 0
 
@@ -411,17 +374,6 @@ def _frame_table(frame: Any, title: str) -> Table:
     for row in frame.itertuples(index=False):
         table.add_row(*(str(value) for value in row))
     return table
-
-
-def _check_writable(results: Path) -> None:
-    """Fail now, not at the first record, when `results` cannot be created or written (nothing is created here)."""
-    existing = next(p for p in [results, *results.absolute().parents] if p.exists())
-    if not existing.is_dir():
-        raise BenchError(f"--results {results}: {existing} is a file, not a folder; pass --results DIR")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BenchError(
-            f"--results {results}: {existing} is not writable; pass --results DIR in a folder you can write"
-        )
 
 
 def resolve_device(device: str) -> str:

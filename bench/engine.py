@@ -30,6 +30,7 @@ from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Preprocess, Split, Task, TaskData, tensor_batches
 from bench.decoded import DECODED
 from bench.method import METHODS, Adapted, BuildContext, Probe
+from bench.record import CpuShare, Memory, Metrics, ParamCounts, Provenance, RunRecord, TaskInfo, Throughput, WallClock
 
 EpochCallback = Callable[[int, int, float, float], None]
 
@@ -105,8 +106,8 @@ class Fitted:
 
 def run(
     spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None, data_root: Path | None = None
-) -> dict[str, Any]:
-    """Execute `spec` and return its record (a JSON-ready dict): prepare, fit, evaluate on test, record.
+) -> RunRecord:
+    """Execute `spec` and return its record: prepare, fit, evaluate on test, record.
 
     `data_root` is where file-backed tasks find their datasets; it is not part of the spec (nor its id): the same
     data may live in different places on different machines.
@@ -221,45 +222,45 @@ def evaluate(p: Prepared) -> tuple[float | None, float]:
     return test_acc, p.timers["test"].seconds
 
 
-def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: float) -> dict[str, Any]:
+def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: float) -> RunRecord:
     """The run's record, as the store writes it."""
     spec, timers = p.spec, p.timers
     train_images = fitted.epochs * len(p.train_split)
-    return {
-        "id": spec.run_id,
-        "spec": spec.to_dict(),
-        "status": "done",
-        "recipe": recipes.describe(spec.recipe) if spec.recipe else None,
-        "task": {"name": p.task.name, "group": p.task.group, "num_classes": p.task.num_classes, **p.data.info},
-        "backbone": p.backbone_info,
-        "method_info": p.adapted.info,
-        "curves": fitted.curves,
-        "metrics": {"val_acc": fitted.curves["val_acc"][-1] if fitted.curves["val_acc"] else None,
-                    "test_acc": test_acc},
-        "params": _param_counts(p.adapted, p.learnable, p.backbone_info["num_params"]),
-        "extra_tokens": p.adapted.extra_tokens,
-        "wallclock": {
-            "prompt_construction": p.adapted.setup_seconds,
-            "feature_cache": timers["feature_cache"].seconds,
-            "train": timers["train"].seconds,
-            "eval": timers["eval"].seconds + test_seconds,
-            "probe": timers["probe"].seconds,
-        },
-        # Wall-clock from a run whose cores other work shared is not a benchmark; this says which runs those were.
-        # Only on the CPU: a GPU run's CPU mostly waits on the device, so its share says nothing.
-        "cpu_share": {phase: None if _is_cuda(p.device) else timers[phase].cpu_share(torch.get_num_threads())
-                      for phase in ("build", "train")},
-        "throughput": {
-            "train_images_per_s": train_images / timers["train"].seconds if timers["train"].seconds else None,
+    # Wall-clock from a run whose cores other work shared is not a benchmark; this says which runs those were.
+    # Only on the CPU: a GPU run's CPU mostly waits on the device, so its share says nothing.
+    shares = {phase: None if _is_cuda(p.device) else timers[phase].cpu_share(torch.get_num_threads())
+              for phase in ("build", "train")}
+    return RunRecord(
+        id=spec.run_id,
+        spec=spec,
+        status="done",
+        recipe=recipes.describe(spec.recipe) if spec.recipe else None,
+        task=TaskInfo(p.task.name, p.task.group, p.task.num_classes, dict(p.data.info)),
+        backbone=p.backbone_info,
+        method_info=p.adapted.info,
+        curves=fitted.curves,
+        metrics=Metrics(val_acc=fitted.curves["val_acc"][-1] if fitted.curves["val_acc"] else None, test_acc=test_acc),
+        params=_param_counts(p.adapted, p.learnable, p.backbone_info["num_params"]),
+        extra_tokens=p.adapted.extra_tokens,
+        wallclock=WallClock(
+            prompt_construction=p.adapted.setup_seconds,
+            feature_cache=timers["feature_cache"].seconds,
+            train=timers["train"].seconds,
+            eval=timers["eval"].seconds + test_seconds,
+            probe=timers["probe"].seconds,
+        ),
+        cpu_share=CpuShare(**shares),
+        throughput=Throughput(
+            train_images_per_s=train_images / timers["train"].seconds if timers["train"].seconds else None,
             # Inference throughput: one no-grad pass over the test split, preprocessing included.
-            "test_images_per_s": len(p.data.test) / test_seconds if test_acc is not None else None,
-        },
-        "memory": _peak_memory(p.device),
+            test_images_per_s=len(p.data.test) / test_seconds if test_acc is not None else None,
+        ),
+        memory=_peak_memory(p.device),
         # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files;
         # empty when there was no cache and every pass decoded the files.
-        "data_path": DECODED.drain(),
-        "provenance": {**provenance(p.device), **_input_provenance(p.backbone, p.preprocess)},
-    }
+        data_path=DECODED.drain(),
+        provenance=Provenance(**provenance(p.device), **_input_provenance(p.backbone, p.preprocess)),
+    )
 
 
 def train_epoch(
@@ -327,17 +328,17 @@ def _learnable(adapted: Adapted) -> list[tuple[str, nn.Parameter]]:
     return list(unique.values())
 
 
-def _param_counts(adapted: Adapted, learnable: list[tuple[str, nn.Parameter]], backbone_params: int) -> dict[str, Any]:
+def _param_counts(adapted: Adapted, learnable: list[tuple[str, nn.Parameter]], backbone_params: int) -> ParamCounts:
     total = sum(p.numel() for _, p in learnable)
     head = sum(p.numel() for p in adapted.head.parameters() if p.requires_grad)
-    return {
-        "backbone": backbone_params,
-        "learnable": total,
-        "learnable_without_head": total - head,
-        "head": head,
-        "learnable_pct": 100.0 * total / backbone_params,
-        "learnable_without_head_pct": 100.0 * (total - head) / backbone_params,
-    }
+    return ParamCounts(
+        backbone=backbone_params,
+        learnable=total,
+        learnable_without_head=total - head,
+        head=head,
+        learnable_pct=100.0 * total / backbone_params,
+        learnable_without_head_pct=100.0 * (total - head) / backbone_params,
+    )
 
 
 def parameter_groups(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -> list[dict[str, Any]]:
@@ -428,11 +429,11 @@ def mixed_precision(dev: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16) if _is_cuda(dev) else contextlib.nullcontext()
 
 
-def _peak_memory(dev: torch.device) -> dict[str, Any]:
+def _peak_memory(dev: torch.device) -> Memory:
     if _is_cuda(dev):
-        return {"kind": "cuda_max_allocated", "mb": torch.cuda.max_memory_allocated(dev) / 2**20}
+        return Memory("cuda_max_allocated", torch.cuda.max_memory_allocated(dev) / 2**20)
     # ru_maxrss is the whole process's peak in KiB on Linux: an upper bound for this run.
-    return {"kind": "process_peak_rss", "mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return Memory("process_peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def provenance(dev: torch.device) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from bench.data import TASKS, Preprocess
 from bench.decoded import DECODED
 from bench.kmeans import inertia, kmeans
 from bench.method import METHODS, Adapted, BuildContext
+from bench.record import RunRecord
 
 NOISE_MARGIN = 0.10
 TASK = "digits"
@@ -110,12 +111,12 @@ def harness_overhead(backbone: str, epochs: int, repeats: int) -> list[Figure]:
     figures = []
     for method in ("vpt-deep", "spt-deep"):
         spec = _spec(method, backbone, epochs)
-        records: list[dict[str, Any]] = []
+        records: list[RunRecord] = []
 
         def through_engine() -> float:
             records.append(engine.run(spec))
-            clock = records[-1]["wallclock"]
-            return (clock["train"] + clock["probe"]) / epochs
+            clock = records[-1].wallclock
+            return (clock.train + clock.probe) / epochs
 
         def bare() -> float:
             _, adapted, preprocess = _adapted(method, backbone)
@@ -133,7 +134,7 @@ def harness_overhead(backbone: str, epochs: int, repeats: int) -> list[Figure]:
             return (time.perf_counter() - start) / epochs
 
         median = interleaved({"engine": through_engine, "bare": bare}, repeats)
-        probe = statistics.median(r["wallclock"]["probe"] / r["wallclock"]["train"] for r in records)
+        probe = statistics.median(r.wallclock.probe / r.wallclock.train for r in records)
         figures.append(Figure(
             f"{method}: engine epoch / bare loop", f"{median['engine']:.2f} s / {median['bare']:.2f} s",
             median["engine"] / median["bare"], "≤ 1.10×", 1.10, details={**median, "epochs": epochs},
@@ -198,7 +199,7 @@ def linear_probe(backbone: str, repeats: int) -> list[Figure]:
         return seconds
 
     median = interleaved({"cached": cached, "naive": naive}, repeats)
-    gap = abs(out["cached"]["metrics"]["test_acc"] - out["naive"]["test_acc"])
+    gap = abs(out["cached"].test_acc - out["naive"]["test_acc"])
     # The FGVC/VTAB default is 100 epochs; the naive loop's extra epochs cost its measured median epoch each, the
     # cached run is simply run at 100 epochs.
     long_epochs = 100
@@ -527,7 +528,7 @@ def fixed_cost(root: Path, backbone: str, device: torch.device) -> Figure:
     with _decode_cache_at(root / "cache"):
         for _ in range(2):
             seconds, record = _timed(lambda: engine.run(spec, str(device), data_root=root))
-            overheads.append(seconds - sum(record["wallclock"].values()))
+            overheads.append(seconds - sum(record.wallclock.to_dict().values()))
     return Figure(f"per-run fixed cost, {backbone} (warm worker: backbone and decoded splits held)",
                   f"{overheads[1]:.2f} s (first run {overheads[0]:.2f} s)", overheads[1], "≤ 2 s", 2.0,
                   note="run wall-clock minus its timed parts (prompt construction, train, eval, probe)",
@@ -580,15 +581,15 @@ def engine_vs_bare(root: Path, backbone: str, device: torch.device, epochs: int)
                         model(x).argmax(1)
 
             bare_test = _device_rate(device, infer, len(data.test))
-            ours = record["throughput"]
+            ours = record.throughput
             figures += [
                 Figure(f"{method} on {backbone}: engine / bare training loop (img/s)",
-                       f"{ours['train_images_per_s']:,.0f} / {bare_train:,.0f}",
-                       ours["train_images_per_s"] / bare_train, "≥ 0.9×", 0.9, higher=True,
+                       f"{ours.train_images_per_s:,.0f} / {bare_train:,.0f}",
+                       ours.train_images_per_s / bare_train, "≥ 0.9×", 0.9, higher=True,
                        note=f"batch {batch}, {epochs} epoch(s), decode cache warm"),
                 Figure(f"{method} on {backbone}: engine test inference / bare no-grad loop (img/s)",
-                       f"{ours['test_images_per_s']:,.0f} / {bare_test:,.0f}",
-                       ours["test_images_per_s"] / bare_test, "≥ 0.8×", 0.8, higher=True),
+                       f"{ours.test_images_per_s:,.0f} / {bare_test:,.0f}",
+                       ours.test_images_per_s / bare_test, "≥ 0.8×", 0.8, higher=True),
             ]
     return figures
 

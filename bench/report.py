@@ -33,7 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bench import BenchError
 from bench.data import TASK_GROUPS, TASKS, TaskGroup
-from bench.store import Store, flatten, variant_labels
+from bench.store import Store, variant_labels
 
 REFERENCE = "full"  # the method `[n]` compares against, as VPT's tables do
 TEST_STAGES = ("fixed", "final")  # `tune` runs score val only and never count
@@ -117,17 +117,16 @@ def load_runs(source: str | Path | Store) -> pd.DataFrame:
         BenchError: the store holds no such run.
     """
     store = source if isinstance(source, Store) else Store(source)
-    records = [r for r in store.records()
-               if r.get("status") == "done" and r["spec"].get("stage", "fixed") in TEST_STAGES]
+    records = [r for r in store.records() if r.done and r.spec.stage in TEST_STAGES]
     if not records:
         raise BenchError(
             f"no finished runs in {store.runs}; run `bench run --results {store.root}` first or pass --results DIR"
         )
-    runs = pd.DataFrame([flatten(r) for r in records])
+    runs = pd.DataFrame([r.row() for r in records])
     runs["acc"] = runs["test_acc"]
-    runs["nmi"] = [r.get("curves", {}).get("nmi") for r in records]
-    runs["val_curve"] = [r.get("curves", {}).get("val_acc") or None for r in records]
-    runs["fraction"] = [r["spec"]["hparams"].get("train_fraction", r.get("task", {}).get("train_fraction"))
+    runs["nmi"] = [(r.curves or {}).get("nmi") for r in records]
+    runs["val_curve"] = [(r.curves or {}).get("val_acc") or None for r in records]
+    runs["fraction"] = [r.spec.hparams.get("train_fraction", r.task.data.get("train_fraction") if r.task else None)
                         for r in records]
     runs["variant"] = _variants(runs)
     return runs

@@ -30,6 +30,7 @@ from bench.decoded import DECODED
 from bench.engine import FEATURES, run
 from bench.kmeans import CENTROIDS
 from bench.method import METHODS
+from bench.record import RunRecord
 from bench.store import Store
 
 PROTOCOLS = ("tune", "fixed")
@@ -106,14 +107,139 @@ def select_best(tuning: list[RunSpec], store: Store) -> tuple[dict[tuple, RunSpe
     for spec in tuning:
         record = store.read(spec.run_id)
         scored.setdefault(_group(spec), [])
-        if record is not None and record["status"] == "done":
-            scored[_group(spec)].append((-record["metrics"]["val_acc"], spec.hparams["lr"], spec))
+        if record is not None and record.done:
+            scored[_group(spec)].append((-record.val_acc, spec.hparams["lr"], spec))
     best = {group: min(entries, key=lambda e: e[:2])[2] for group, entries in scored.items() if entries}
     return best, [group for group, entries in scored.items() if not entries]
 
 
 def final_specs(best: dict[tuple, RunSpec], seeds: list[int]) -> list[RunSpec]:
     return [dataclasses.replace(s, seed=seed, stage="final") for s in best.values() for seed in seeds]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What `bench run` was asked, as typed, before any check.
+
+    Attributes:
+        methods, tasks: comma lists of names, aliases and globs.
+        protocol: `tune` or `fixed` for every task; None: each task's own.
+        epochs: overrides every run's epochs (a one-value sweep).
+    """
+
+    methods: str
+    tasks: str
+    backbones: list[str]
+    seeds: list[int]
+    results: Path
+    sets: list[str] = field(default_factory=list)
+    epochs: int | None = None
+    weights: Path | None = None
+    recipe: str = recipes.DEFAULT
+    protocol: str | None = None
+    data_root: Path | None = None
+    backend: str = "loky"
+    dask_address: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The runs a request makes, by the field's protocol: `fixed` runs, and the `tune` protocol's stage 1, whose
+    val-best setting per (method, task, backbone, weights) stage 2 trains on train+val once per seed. `bench run`
+    executes it and `--dry-run` prints it, so the two never disagree.
+    """
+
+    fixed: list[RunSpec]
+    tuning: list[RunSpec]
+    seeds: list[int]
+    swept: frozenset[str] = frozenset()
+
+    @property
+    def known(self) -> list[RunSpec]:
+        """Every run known before anything executes (stage 2's depend on stage 1's results)."""
+        return self.fixed + self.tuning
+
+    @property
+    def selections(self) -> int:
+        """The settings stage 2 will train, one per group of stage-1 runs."""
+        return len({_group(spec) for spec in self.tuning})
+
+
+def plan_run(request: RunRequest) -> Plan:
+    """Check every input before the first run, so a bad one is one line and nothing written, never a grid of failed
+    records; then expand the grid by each task's protocol.
+
+    Raises:
+        BenchError: an input is missing or invalid.
+    """
+    from bench.backbone import load_backbone
+    from bench.data import TASKS
+
+    if request.weights is not None and not request.weights.is_file():
+        raise BenchError(f"--weights {request.weights} does not exist; pass a checkpoint file")
+    if request.backend == "dask" and not request.dask_address:
+        raise BenchError("--backend dask needs --scheduler tcp://HOST:PORT (a running Dask scheduler)")
+    check_writable(request.results)
+    method_names = METHODS.resolve(request.methods)
+    task_names = TASKS.resolve(request.tasks)
+    for name in request.backbones:
+        # Building the backbone once reads its checkpoint as every run would: safe to unpickle, a ViT of this
+        # width, keys that convert; or finds its hub or packaged weights.
+        load_backbone(name, request.weights)
+    sweeps = parse_sets(request.sets)
+    if request.epochs is not None:
+        sweeps["epochs"] = [str(request.epochs)]
+    weights = str(request.weights.resolve()) if request.weights else None
+    tasks_by_protocol: dict[str, list[str]] = {}
+    for name in task_names:
+        # Loading reads list files, not images: a missing dataset fails here, before the first run.
+        task = TASKS.get(name)
+        task.load(request.data_root)
+        tasks_by_protocol.setdefault(request.protocol or task.protocol, []).append(name)
+    grids = {protocol: Grid(method_names, names, request.backbones, request.seeds, sweeps, weights, request.recipe)
+             for protocol, names in tasks_by_protocol.items()}
+    return Plan(
+        fixed=grids["fixed"].fixed_specs() if "fixed" in grids else [],
+        tuning=grids["tune"].tuning_specs() if "tune" in grids else [],
+        seeds=request.seeds,
+        swept=frozenset(sweeps),
+    )
+
+
+def check_writable(results: Path) -> None:
+    """Fail now, not at the first record, when `results` cannot be created or written (nothing is created here)."""
+    existing = next(p for p in [results, *results.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise BenchError(f"--results {results}: {existing} is a file, not a folder; pass --results DIR")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(
+            f"--results {results}: {existing} is not writable; pass --results DIR in a folder you can write"
+        )
+
+
+@dataclass
+class PlanResult:
+    """What running a plan did: every outcome, the runs whose test accuracy is the result (fixed and stage 2), and
+    the stage-1 groups in which no run finished, so stage 2 had nothing to select."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    reported: list[RunSpec] = field(default_factory=list)
+    unselectable: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+
+
+def run_plan(plan: Plan, execution: Execution, progress: GridEvents) -> PlanResult:
+    """Execute `plan`: the fixed runs, then stage 1, the selection on val, and stage 2."""
+    result = PlanResult()
+    if plan.fixed:
+        result.outcomes += execute(plan.fixed, execution, progress, "runs").outcomes
+        result.reported += plan.fixed
+    if plan.tuning:
+        result.outcomes += execute(plan.tuning, execution, progress, "stage 1: tune on val").outcomes
+        best, result.unselectable = select_best(plan.tuning, execution.store)
+        finals = final_specs(best, plan.seeds)
+        result.outcomes += execute(finals, execution, progress, "stage 2: train+val -> test").outcomes
+        result.reported += finals
+    return result
 
 
 @dataclass(frozen=True)
@@ -151,7 +277,7 @@ class Execution:
 
     def finished(self, spec: RunSpec) -> bool:
         record = self.store.read(spec.run_id)
-        return record is not None and (record["status"] == "done" or not self.retry_failed)
+        return record is not None and (record.done or not self.retry_failed)
 
 
 @dataclass
@@ -240,16 +366,9 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
             record = run(spec, device=_device(execution), on_epoch=on_epoch, data_root=execution.data_root)
         except Exception as exc:  # any failure of one run is recorded; the grid goes on
             error = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
-            record = {
-                "id": spec.run_id,
-                "spec": spec.to_dict(),
-                "status": "failed",
-                "error": error,
-                "traceback": "".join(traceback.format_exc(limit=-6)),
-            }
+            record = RunRecord.failed(spec, error, "".join(traceback.format_exc(limit=-6)))
         execution.store.write(record)
-        metrics = record.get("metrics", {})
-        return Outcome(spec, record["status"], metrics.get("test_acc"), metrics.get("val_acc"), record.get("error"))
+        return Outcome(spec, record.status, record.test_acc, record.val_acc, record.error)
     finally:
         lock.release()
 

@@ -12,17 +12,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 
 from bench import BenchError
+from bench.record import COLUMNS, RecordError, RunRecord, hp_column
 
 RECORDS = "runs"
 
 
 CORRUPT = ".corrupt"
-_REQUIRED = {"id": str, "status": str, "spec": dict}  # what every reader of a record relies on
 
 
 def warn_stderr(message: str) -> None:
@@ -46,26 +46,23 @@ class Store:
     def path(self, run_id: str) -> Path:
         return self.runs / f"{run_id}.json"
 
-    def read(self, run_id: str) -> dict[str, Any] | None:
+    def read(self, run_id: str) -> RunRecord | None:
         return self._parse(self.path(run_id))
 
-    def _parse(self, path: Path) -> dict[str, Any] | None:
+    def _parse(self, path: Path) -> RunRecord | None:
         try:
             inode = path.stat().st_ino
-            record = json.loads(path.read_bytes())
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             self._set_aside(path, inode, f"not valid JSON: {exc}")
             return None
-        wrong = [key for key, kind in _REQUIRED.items() if not isinstance(record, dict)
-                 or not isinstance(record.get(key), kind)]
-        if not wrong and record["status"] == "done" and not isinstance(record.get("metrics"), dict):
-            wrong = ["metrics"]  # a finished run is selected and reported by its metrics
-        if wrong:
-            self._set_aside(path, inode, f"not a run record: no {', '.join(wrong)}")
+        try:
+            return RunRecord.from_dict(data)
+        except RecordError as exc:
+            self._set_aside(path, inode, f"not a run record: {exc}")
             return None
-        return record
 
     def _set_aside(self, path: Path, inode: int, why: str) -> None:
         target = path.with_name(path.name + CORRUPT)
@@ -86,18 +83,18 @@ class Store:
 
     def is_done(self, run_id: str) -> bool:
         record = self.read(run_id)
-        return record is not None and record.get("status") == "done"
+        return record is not None and record.done
 
-    def write(self, record: dict[str, Any]) -> Path:
+    def write(self, record: RunRecord) -> Path:
         try:
             self.runs.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BenchError(f"cannot create results directory {self.runs}: {exc.strerror}; pass --results DIR") from None
-        target = self.path(record["id"])
-        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=f".{record['id']}.", suffix=".tmp")
+        target = self.path(record.id)
+        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=f".{record.id}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
+                json.dump(record.to_dict(), fh, indent=1, sort_keys=True, allow_nan=False)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
@@ -106,15 +103,14 @@ class Store:
             raise
         return target
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[RunRecord]:
         if not self.runs.is_dir():
             return []
         return [record for p in sorted(self.runs.glob("*.json")) if (record := self._parse(p)) is not None]
 
     def load(self) -> pd.DataFrame:
         """All records as one row each: spec fields, hyper-parameters (`hp.*`), metrics and efficiency columns."""
-        rows = [flatten(record) for record in self.records()]
-        return pd.DataFrame(rows)
+        return pd.DataFrame([record.row() for record in self.records()])
 
 
 def variant_labels(rows: pd.DataFrame) -> pd.Series:
@@ -122,14 +118,15 @@ def variant_labels(rows: pd.DataFrame) -> pd.Series:
     backbone (`init=kmeans`), or "" when there is nothing to tell apart. Settings chosen per task by the `tune`
     protocol do not vary within a task, so they never split a method into variants."""
     labels = pd.Series("", index=rows.index, dtype=object)
-    hp = [c for c in rows.columns if c.startswith("hp.")]
-    for _, group in rows.groupby("method"):
-        within = group.groupby(["task", "backbone", "stage"], dropna=False)
+    prefix = hp_column("")
+    hp = [c for c in rows.columns if c.startswith(prefix)]
+    for _, group in rows.groupby(COLUMNS.method):
+        within = group.groupby([COLUMNS.task, COLUMNS.backbone, COLUMNS.stage], dropna=False)
         varying = [c for c in hp if (within[c].nunique(dropna=False) > 1).any()]
         # convert_dtypes: an integer hyper-parameter that other methods lack is a float column (NaN elsewhere); within
         # one method it is whole numbers again, so it reads `num_prompts=5`, not `num_prompts=5.0`.
         labels[group.index] = [
-            ", ".join(f"{c[3:]}={value}" for c, value in zip(varying, row))
+            ", ".join(f"{c[len(prefix):]}={value}" for c, value in zip(varying, row))
             for row in group[varying].convert_dtypes().itertuples(index=False)
         ] if varying else ""
     return labels
@@ -142,39 +139,16 @@ def summarise(frame: pd.DataFrame, run_ids: set[str] | None = None) -> pd.DataFr
     """
     if frame.empty:
         return pd.DataFrame()
-    rows = frame[(frame["status"] == "done") & frame["stage"].isin(["fixed", "final"])]
+    rows = frame[(frame[COLUMNS.status] == "done") & frame[COLUMNS.stage].isin(["fixed", "final"])]
     if run_ids is not None:
-        rows = rows[rows["id"].isin(run_ids)]
+        rows = rows[rows[COLUMNS.id].isin(run_ids)]
     if rows.empty:
         return pd.DataFrame()
     rows = rows.assign(variant=variant_labels(rows))
-    keys = ["method", "variant", "task", "backbone", "stage"]
-    grouped = rows.groupby(keys, dropna=False).agg(
-        mean=("test_acc", "mean"), std=("test_acc", "std"), n=("test_acc", "size")
-    ).reset_index()
-    grouped["test_acc"] = [
+    keys = [COLUMNS.method, "variant", COLUMNS.task, COLUMNS.backbone, COLUMNS.stage]
+    acc = COLUMNS.metrics.test_acc
+    grouped = rows.groupby(keys, dropna=False).agg(mean=(acc, "mean"), std=(acc, "std"), n=(acc, "size")).reset_index()
+    grouped[acc] = [
         f"{m:.2f}" if n < 2 else f"{m:.2f} ± {s:.2f}" for m, s, n in zip(grouped["mean"], grouped["std"], grouped["n"])
     ]
-    return grouped[keys + ["test_acc", "n"]]
-
-
-def flatten(record: dict[str, Any]) -> dict[str, Any]:
-    spec = record["spec"]
-    row: dict[str, Any] = {
-        "id": record["id"],
-        "status": record["status"],
-        "method": spec["method"],
-        "task": spec["task"],
-        "backbone": spec["backbone"],
-        "seed": spec["seed"],
-        "weights": spec.get("weights"),
-        "stage": spec.get("stage", "fixed"),
-    }
-    row.update({f"hp.{k}": v for k, v in spec["hparams"].items()})
-    for section in ("metrics", "params", "wallclock", "cpu_share", "throughput"):
-        row.update({f"{section}.{k}" if section != "metrics" else k: v for k, v in record.get(section, {}).items()})
-    if "task" in record:
-        row["group"] = record["task"].get("group")
-    if "error" in record:
-        row["error"] = record["error"]
-    return row
+    return grouped[keys + [acc, "n"]]

@@ -43,10 +43,10 @@ def test_pixels_run_matches_scikit_learn_logistic_regression_on_the_same_pixels(
     oracle_acc = 100 * oracle.score(test_x, data.test.labels.numpy())
 
     assert oracle_acc > 85  # far above chance (10%): the comparison below means something
-    assert record["metrics"]["test_acc"] == pytest.approx(oracle_acc, abs=3.0)
-    assert record["params"]["learnable"] == 3 * 32 * 32 * 10 + 10
-    assert record["params"]["learnable_without_head"] == 0
-    assert record["method_info"] == {"pixels_per_side": 32, "features": 3072}
+    assert record.metrics.test_acc == pytest.approx(oracle_acc, abs=3.0)
+    assert record.params.learnable == 3 * 32 * 32 * 10 + 10
+    assert record.params.learnable_without_head == 0
+    assert record.method_info == {"pixels_per_side": 32, "features": 3072}
 
 
 def test_pixels_size_must_be_positive():
@@ -116,8 +116,8 @@ def test_standardised_pixels_run_matches_scikit_learn_on_standardised_pixels():
     # Loose by necessity: `pixels` trains with AdamW for 100 epochs and no weight decay, scikit-learn with L-BFGS and
     # an L2 penalty, and the run itself moves by a point with torch's thread count and CPU kernels (76.4 to 77.6 on
     # seed 0, against scikit-learn's 81.0 to 81.2), 6 images of the 500.
-    assert record["metrics"]["test_acc"] == pytest.approx(oracle_acc, abs=6.0)
-    assert record["params"]["learnable"] == 3 * 32 * 32 * 8 + 8  # the standardisation learns nothing
+    assert record.metrics.test_acc == pytest.approx(oracle_acc, abs=6.0)
+    assert record.params.learnable == 3 * 32 * 32 * 8 + 8  # the standardisation learns nothing
 
 
 def test_feature_norm_must_be_known():

@@ -9,6 +9,7 @@ import pytest
 
 from bench.cli import main
 from bench.recipes import make_spec
+from bench.record import RunRecord
 
 
 def _baseline(path: Path, test_acc: float) -> None:
@@ -23,8 +24,8 @@ def reached(tmp_path_factory: pytest.TempPathFactory) -> float:
     folder = tmp_path_factory.mktemp("check")
     _baseline(folder / "baseline.json", 0.0)
     assert main(["check", "--baseline", str(folder / "baseline.json"), "--results", str(folder / "results")]) == 0
-    (record,) = [json.loads(p.read_text()) for p in (folder / "results" / "runs").glob("*.json")]
-    return record["metrics"]["test_acc"]
+    (record,) = [RunRecord.from_dict(json.loads(p.read_text())) for p in (folder / "results" / "runs").glob("*.json")]
+    return record.metrics.test_acc
 
 
 def test_check_passes_when_the_run_reaches_its_baseline(tmp_path: Path, reached: float, capsys) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.backbone import DEFAULT_BACKBONE, MICRO_ARCH
+from bench.record import RunRecord
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
@@ -30,20 +31,20 @@ def test_cli_run_writes_one_done_record_per_run_and_rerun_skips(tmp_path):
     assert "Traceback" not in first.stderr
     records = sorted((results / "runs").glob("*.json"))
     assert len(records) == 2
-    contents = [json.loads(p.read_text()) for p in records]
-    assert sorted(r["spec"]["method"] for r in contents) == ["linear", "vpt-deep"]
+    contents = [RunRecord.from_dict(json.loads(p.read_text())) for p in records]
+    assert sorted(r.spec.method for r in contents) == ["linear", "vpt-deep"]
     for record, path in zip(contents, records):
-        assert record["status"] == "done"
-        assert path.stem == record["id"]
-        assert record["spec"]["task"] == "digits" and record["spec"]["backbone"] == DEFAULT_BACKBONE
-        assert record["spec"]["hparams"]["epochs"] == 1
-        assert len(record["curves"]["train_loss"]) == 1
-        assert 0.0 <= record["metrics"]["test_acc"] <= 100.0
+        assert record.status == "done"
+        assert path.stem == record.id
+        assert record.spec.task == "digits" and record.spec.backbone == DEFAULT_BACKBONE
+        assert record.spec.hparams["epochs"] == 1
+        assert len(record.curves["train_loss"]) == 1
+        assert 0.0 <= record.metrics.test_acc <= 100.0
         # Learnable parameters of the micro architecture: prompts (N·D per prompted block) plus a D→10 head.
         d, depth = MICRO_ARCH["embed_dim"], MICRO_ARCH["depth"]
-        prompts = record["spec"]["hparams"]["num_prompts"] * d * depth if record["spec"]["method"] == "vpt-deep" else 0
-        assert record["params"]["learnable"] == prompts + d * 10 + 10
-        assert record["params"]["learnable_without_head"] == prompts
+        prompts = record.spec.hparams["num_prompts"] * d * depth if record.spec.method == "vpt-deep" else 0
+        assert record.params.learnable == prompts + d * 10 + 10
+        assert record.params.learnable_without_head == prompts
     assert not [p for p in (results / "runs").iterdir() if p.suffix != ".json"]
 
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in records}

@@ -12,6 +12,8 @@ from pathlib import Path
 import data_fixtures as fx
 import torch
 
+from bench.record import RunRecord
+
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_WORKERS": "1"}
@@ -27,19 +29,19 @@ def test_bench_run_cub_from_a_fixture_and_the_data_root_does_not_change_the_run_
             "--results", str(results)]
     first = _bench(*args, "--data-root", str(data))
     assert first.returncode == 0, first.stderr + first.stdout
-    records = [json.loads(path.read_text()) for path in (results / "runs").glob("*.json")]
+    records = [RunRecord.from_dict(json.loads(path.read_text())) for path in (results / "runs").glob("*.json")]
     # FGVC follows the tune protocol by default: the linear search grid on val, then one final train+val run.
-    tuning = [r for r in records if r["spec"]["stage"] == "tune"]
-    (final,) = [r for r in records if r["spec"]["stage"] == "final"]
+    tuning = [r for r in records if r.spec.stage == "tune"]
+    (final,) = [r for r in records if r.spec.stage == "final"]
     assert len(tuning) == len(records) - 1 > 1
-    assert all(r["status"] == "done" and r["metrics"]["test_acc"] is None for r in records if r in tuning)
-    assert final["status"] == "done" and final["metrics"]["test_acc"] is not None
-    assert final["task"]["layout"] == "fgvc-vpt-json" and final["task"]["split_sizes"]["train"] == 9
-    assert "RandomResizedCrop" in final["task"]["transforms"]["train"][0]
+    assert all(r.status == "done" and r.metrics.test_acc is None for r in records if r in tuning)
+    assert final.status == "done" and final.metrics.test_acc is not None
+    assert final.task.data["layout"] == "fgvc-vpt-json" and final.task.data["split_sizes"]["train"] == 9
+    assert "RandomResizedCrop" in final.task.data["transforms"]["train"][0]
     # --device defaults to auto: a GPU when torch sees one, and the record says which ran.
-    assert final["provenance"]["torch_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert final.provenance.torch_device == ("cuda" if torch.cuda.is_available() else "cpu")
     # The final stage reads train+val from the entries the tuning runs built, and builds only test's.
-    assert {e["status"] for e in final["data_path"]} == {"read", "built"}
+    assert {e["status"] for e in final.data_path} == {"read", "built"}
     assert len(list((results / "cache" / "decoded").glob("*/images.npy"))) == 3
 
     moved = shutil.move(data, tmp_path / "elsewhere")

@@ -107,21 +107,21 @@ def test_evaluation_from_the_cache_equals_evaluation_from_the_files(tmp_path: Pa
     spec = make_spec("linear", "cub", "micro-vit", 0, {"epochs": 2}, stage="final")
     decode_cache.directory, directory = None, decode_cache.directory
     from_files = engine.run(spec, data_root=tmp_path / "data")
-    assert from_files["data_path"] == []
+    assert from_files.data_path == []
     decode_cache.directory = directory
     engine.FEATURES.clear()  # this run extracts its features again, from the cache
     from_cache = engine.run(spec, data_root=tmp_path / "data")
     # The linear probe reads only unshuffled passes: train+val features, then test. Same pixels, same record.
-    assert from_cache["curves"] == from_files["curves"] and from_cache["metrics"] == from_files["metrics"]
-    statuses = sorted((e["images"], e["status"]) for e in from_cache["data_path"])
+    assert from_cache.curves == from_files.curves and from_cache.metrics == from_files.metrics
+    statuses = sorted((e["images"], e["status"]) for e in from_cache.data_path)
     assert statuses == [(6, "built"), (6, "built"), (9, "built")], "train, val and test, each decoded once"
-    first = next(e for e in from_cache["data_path"] if e["status"] == "built")
+    first = next(e for e in from_cache.data_path if e["status"] == "built")
     assert first["first_pass"]["seconds"] > 0 and first["first_pass"]["images_per_s"] > 0
 
     engine.FEATURES.clear()
     again = engine.run(spec, data_root=tmp_path / "data")
-    assert {e["status"] for e in again["data_path"]} == {"read"}, "a later run builds nothing"
-    assert again["metrics"] == from_files["metrics"]
+    assert {e["status"] for e in again.data_path} == {"read"}, "a later run builds nothing"
+    assert again.metrics == from_files.metrics
 
 
 def test_train_plus_val_reads_the_entries_of_train_and_val(tmp_path: Path, decode_cache: DecodeCache) -> None:
@@ -186,7 +186,7 @@ def test_a_worker_loads_a_backbone_once_and_every_run_gets_an_unmodified_copy(
     first, second = engine.run(spec), engine.run(spec)
     assert engine.BACKBONES_LOADED.loads == 1
     # Full fine-tuning trains every backbone weight; had it trained the held copy, the second run would differ.
-    assert first["curves"] == second["curves"] and first["metrics"] == second["metrics"]
+    assert first.curves == second.curves and first.metrics == second.metrics
     held = engine.BACKBONES_LOADED.get(backbone)
     fresh = load_backbone(backbone)
     assert all(torch.equal(a, b) for a, b in zip(held.model.state_dict().values(), fresh.model.state_dict().values()))
@@ -223,10 +223,10 @@ def test_a_prompted_fgvc_run_trains_on_device_side_crops_of_the_cached_images(
     fx.fgvc_vpt_json(tmp_path / "data", sizes={"train": 3, "val": 1, "test": 1})
     spec = make_spec("vpt-deep", "cub", "micro-vit", 0, {"epochs": 2})
     record = engine.run(spec, data_root=tmp_path / "data")
-    assert record["status"] == "done" and len(record["curves"]["train_loss"]) == 2
-    (stored,) = [e for e in record["data_path"] if "(256, 256)" in e["steps"][0]]
+    assert record.status == "done" and len(record.curves["train_loss"]) == 2
+    (stored,) = [e for e in record.data_path if "(256, 256)" in e["steps"][0]]
     assert stored["status"] == "built" and stored["images"] == 9
-    assert "grid_sample" in " ".join(record["task"]["transforms"]["train_from_cache"])
+    assert "grid_sample" in " ".join(record.task.data["transforms"]["train_from_cache"])
 
 
 def test_a_bound_that_is_not_a_number_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,8 +34,12 @@ from bench.method import METHODS
 from bench.progress import GridDisplay
 from bench.recipes import RECIPES, make_spec
 from bench.registry import Entry
-from bench.scheduler import Execution, Grid, GridEvents, execute, final_specs, select_best
+from bench.scheduler import (
+    Execution, Grid, GridEvents, RunRequest, execute, final_specs, plan_run, run_plan, select_best,
+)
+from bench.record import RunRecord
 from bench.store import Store, summarise, variant_labels
+from records import make_record
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
        "COLUMNS": "200"}
@@ -143,11 +147,10 @@ def test_tuning_specs_search_the_methods_declared_grid_with_the_first_seed_and_a
 # 2. The protocol
 
 
-def _stage1_record(spec: RunSpec, val_acc: float | None) -> dict:
+def _stage1_record(spec: RunSpec, val_acc: float | None) -> RunRecord:
     if val_acc is None:
-        return {"id": spec.run_id, "spec": spec.to_dict(), "status": "failed", "error": "boom", "traceback": ""}
-    return {"id": spec.run_id, "spec": spec.to_dict(), "status": "done", "metrics": {"val_acc": val_acc,
-                                                                                       "test_acc": None}}
+        return make_record(spec, status="failed")
+    return make_record(spec, test_acc=None, val_acc=val_acc)
 
 
 def test_select_best_picks_the_val_best_setting_ties_to_the_smaller_lr_and_final_specs_train_it_per_seed(tmp_path):
@@ -233,15 +236,15 @@ def test_tune_protocol_never_reads_test_in_stage_1_and_the_final_stage_reads_it(
     assert len(list(features.glob("*.pt"))) == 2, "the whole stage shares one pass over train and one over val"
     records = {spec.run_id: store.read(spec.run_id) for spec in tuning}
     for record in records.values():
-        assert record["status"] == "done" and record["spec"]["stage"] == "tune"
-        assert record["metrics"]["test_acc"] is None and record["throughput"]["test_images_per_s"] is None
-        assert len(record["curves"]["val_acc"]) == 2 and record["metrics"]["val_acc"] == record["curves"]["val_acc"][-1]
+        assert record.status == "done" and record.spec.stage == "tune"
+        assert record.metrics.test_acc is None and record.throughput.test_images_per_s is None
+        assert len(record.curves["val_acc"]) == 2 and record.metrics.val_acc == record.curves["val_acc"][-1]
 
     best, unselectable = select_best(tuning, store)
     assert unselectable == []
     (winner,) = best.values()
-    top = max(r["metrics"]["val_acc"] for r in records.values())
-    tied = [s for s in tuning if records[s.run_id]["metrics"]["val_acc"] == top]
+    top = max(r.metrics.val_acc for r in records.values())
+    tied = [s for s in tuning if records[s.run_id].metrics.val_acc == top]
     assert winner in tied and winner.hparams["lr"] == min(s.hparams["lr"] for s in tied)
 
     # The final stage is the one that reads test: with the guard armed, each final run fails on reading it.
@@ -258,9 +261,9 @@ def test_tune_protocol_never_reads_test_in_stage_1_and_the_final_stage_reads_it(
     assert len(list(features.glob("*.pt"))) == 3, "the seeds of the final stage share one pass over train+val"
     for spec in finals:
         record = store.read(spec.run_id)
-        assert record["spec"]["stage"] == "final" and record["spec"]["hparams"] == winner.hparams
-        assert record["metrics"]["test_acc"] is not None and record["metrics"]["val_acc"] is None
-        assert record["curves"]["val_acc"] == [] and len(record["curves"]["train_loss"]) == 2
+        assert record.spec.stage == "final" and record.spec.hparams == winner.hparams
+        assert record.metrics.test_acc is not None and record.metrics.val_acc is None
+        assert record.curves["val_acc"] == [] and len(record.curves["train_loss"]) == 2
     # Stage 1 stays untouched by the final stage.
     assert all(store.read(spec.run_id) == records[spec.run_id] for spec in tuning)
 
@@ -289,7 +292,7 @@ def killed_then_resumed(tmp_path_factory):
             proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     at_kill = {"leftovers": _leftovers(store), "snapshot": _snapshot(store),
-               "records": [json.loads(b) for _, b in _snapshot(store).values()]}
+               "records": [RunRecord.from_dict(json.loads(b)) for _, b in _snapshot(store).values()]}
     with open(root / "second.log", "w") as log:
         rerun = _cli(*args, stdout=log)
         try:
@@ -306,25 +309,25 @@ def test_kill_9_mid_grid_leaves_only_complete_records_and_a_rerun_computes_only_
     assert at_kill["leftovers"] == []
     finished = at_kill["records"]
     assert 1 <= len(finished) < 3, "the kill came after the grid finished; nothing was left to resume"
-    assert all(r["status"] == "done" and r["metrics"]["test_acc"] is not None for r in finished)
+    assert all(r.status == "done" and r.metrics.test_acc is not None for r in finished)
 
     assert returncode == 0, output
     pending = 3 - len(finished)
     assert f"{pending} run(s) done, {len(finished)} already finished" in _flat(output)
     assert len(re.findall(r"^done   ", output, re.M)) == pending
     for record in finished:  # the finished runs were not run again ...
-        assert f"start linear · {record['spec']['task']} " not in output
+        assert f"start linear · {record.spec.task} " not in output
     after = _snapshot(store)
     assert {k: after[k] for k in at_kill["snapshot"]} == at_kill["snapshot"]  # ... nor rewritten
     assert len(after) == 3 and _leftovers(store) == []
-    assert sorted(r["spec"]["task"] for r in store.records()) == sorted(MICRO3.split(","))
-    assert all(r["status"] == "done" for r in store.records())
+    assert sorted(r.spec.task for r in store.records()) == sorted(MICRO3.split(","))
+    assert all(r.status == "done" for r in store.records())
 
 
 def test_progress_prints_plain_start_done_lines_and_the_summary_when_stdout_is_not_a_terminal(killed_then_resumed):
     store, at_kill, _, output = killed_then_resumed
     assert "\x1b[" not in output  # no live display, no colour codes
-    resumed = [r["spec"]["task"] for r in store.records() if r not in at_kill["records"]]
+    resumed = [r.spec.task for r in store.records() if r not in at_kill["records"]]
     assert re.search(r"^runs: 3 run\(s\), \d already finished$", output, re.M)
     for task in resumed:
         assert re.search(rf"^start linear · {task} · {DEFAULT_BACKBONE} · seed 0$", output, re.M), output
@@ -412,7 +415,7 @@ def test_two_concurrent_bench_runs_on_one_results_dir_execute_each_run_exactly_o
         assert len(re.findall(rf"^done   linear · {task} · ", combined, re.M)) == 1, combined
         assert len(re.findall(rf"^start linear · {task} · ", combined, re.M)) == 1, combined
     records = store.records()
-    assert len(records) == 2 and all(r["status"] == "done" for r in records)
+    assert len(records) == 2 and all(r.status == "done" for r in records)
     assert _leftovers(store) == []
 
 
@@ -474,19 +477,19 @@ def test_a_nan_run_is_recorded_failed_the_rest_finish_and_retry_failed_reruns_it
     # lr=1e37 overflows the loss to inf in the first epoch (lr=1e30 only makes it huge: 5e30, finite).
     assert main(args) == 1
     out = capsys.readouterr().out
-    by_lr = {r["spec"]["hparams"]["lr"]: r for r in store.records()}
+    by_lr = {r.spec.hparams["lr"]: r for r in store.records()}
     assert set(by_lr) == {1e37, 0.01}
     bad, good = by_lr[1e37], by_lr[0.01]
-    assert good["status"] == "done" and good["metrics"]["test_acc"] is not None
-    assert bad["status"] == "failed" and "metrics" not in bad
-    assert re.search(r"NonFiniteLoss: training loss became (nan|inf|-inf) in epoch 1", bad["error"]), bad["error"]
-    assert bad["traceback"].startswith("Traceback") and "NonFiniteLoss" in bad["traceback"]
+    assert good.status == "done" and good.metrics.test_acc is not None
+    assert bad.status == "failed" and bad.metrics is None
+    assert re.search(r"NonFiniteLoss: training loss became (nan|inf|-inf) in epoch 1", bad.error), bad.error
+    assert bad.traceback.startswith("Traceback") and "NonFiniteLoss" in bad.traceback
     flat = _flat(out)
     assert "1 run(s) done, 0 already finished, 0 running elsewhere, 1 failed" in flat
     assert f"failed linear · {task} · {backbone} · seed 0: NonFiniteLoss: training loss became" in flat
     assert "--retry-failed" in flat
     # The summary table holds the finished run only.
-    assert re.search(rf"linear .* {task} .* fixed .* {good['metrics']['test_acc']:.2f} .* 1", flat)
+    assert re.search(rf"linear .* {task} .* fixed .* {good.metrics.test_acc:.2f} .* 1", flat)
 
     before = _snapshot(store)
     assert main(args) == 0  # without --retry-failed: the failed run counts as finished
@@ -498,9 +501,9 @@ def test_a_nan_run_is_recorded_failed_the_rest_finish_and_retry_failed_reruns_it
     assert "0 run(s) done, 1 already finished, 0 running elsewhere, 1 failed" in _flat(out)
     assert len(re.findall(r"^start ", out, re.M)) == 1
     after = _snapshot(store)
-    assert after[f"{good['id']}.json"] == before[f"{good['id']}.json"]
-    assert after[f"{bad['id']}.json"][0] != before[f"{bad['id']}.json"][0]
-    assert store.read(bad["id"])["status"] == "failed"
+    assert after[f"{good.id}.json"] == before[f"{good.id}.json"]
+    assert after[f"{bad.id}.json"][0] != before[f"{bad.id}.json"][0]
+    assert store.read(bad.id).status == "failed"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -522,8 +525,8 @@ def test_dask_backend_runs_a_grid_on_a_local_cluster_in_its_worker_processes(tmp
     assert all(in_workers.values()), "the runs did not execute in the Dask worker"
     assert os.getpid() not in worker_pids
     records = store.records()
-    assert sorted(r["spec"]["task"] for r in records) == ["sprites-loc", "sprites-ori"]
-    assert all(r["status"] == "done" and r["metrics"]["test_acc"] is not None for r in records)
+    assert sorted(r.spec.task for r in records) == ["sprites-loc", "sprites-ori"]
+    assert all(r.status == "done" and r.metrics.test_acc is not None for r in records)
     assert _leftovers(store) == []
 
 
@@ -572,6 +575,48 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
     assert "final" not in out and sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
+def test_the_run_executes_the_plan_the_dry_run_lists_then_trains_the_val_best_setting_per_seed(
+    tiny_registered, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "250")
+    backbone, task = tiny_registered
+    results = tmp_path / "results"
+    request = RunRequest(methods="linear", tasks=task, backbones=[backbone], seeds=[0, 1], results=results,
+                         sets=["lr=0.1,0.01"], epochs=1, protocol="tune")
+    plan = plan_run(request)
+    assert plan.fixed == [] and plan.tuning == Grid(["linear"], [task], [backbone], [0, 1],
+                                                    {"lr": ["0.1", "0.01"], "epochs": ["1"]}).tuning_specs()
+    assert plan.selections == 1 and plan.seeds == [0, 1]
+
+    assert main(["run", "--methods", "linear", "--tasks", task, "--backbone", backbone, "--seeds", "0,1",
+                 "--set", "lr=0.1,0.01", "--epochs", "1", "--protocol", "tune", "--results", str(results),
+                 "--dry-run"]) == 0
+    listed = set(re.findall(r"│ ([0-9a-f]{16}) │", capsys.readouterr().out))
+    assert listed == {spec.run_id for spec in plan.known}
+
+    result = run_plan(plan, Execution(Store(results)), GridEvents())
+    best, _ = select_best(plan.tuning, Store(results))
+    finals = final_specs(best, [0, 1])
+    assert [o.spec for o in result.outcomes] and {o.status for o in result.outcomes} == {"done"}
+    assert result.reported == finals and result.unselectable == []
+    assert {r.id for r in Store(results).records()} == listed | {spec.run_id for spec in finals}
+
+
+def test_the_plan_checks_inputs_before_anything_runs(tiny_registered, tmp_path):
+    backbone, task = tiny_registered
+    base = dict(methods="linear", tasks=task, backbones=[backbone], seeds=[0], results=tmp_path / "r")
+    with pytest.raises(BenchError, match="--weights .* does not exist"):
+        plan_run(RunRequest(**base, weights=tmp_path / "missing.pth"))
+    with pytest.raises(BenchError, match="needs --scheduler"):
+        plan_run(RunRequest(**base, backend="dask"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BenchError, match="is a file, not a folder"):
+        plan_run(RunRequest(**{**base, "results": tmp_path / "file" / "r"}))
+    with pytest.raises(BenchError, match="unknown"):
+        plan_run(RunRequest(**{**base, "methods": "no-such-method"}))
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_truncated_record_is_set_aside_by_dry_run_run_and_report_and_its_run_is_redone(
     tiny_registered, tmp_path, capsys, monkeypatch
 ):
@@ -609,14 +654,8 @@ def test_a_truncated_record_is_set_aside_by_dry_run_run_and_report_and_its_run_i
 
 
 def _record(method: str, task: str, seed: int, stage: str, test: float | None, val: float | None = None,
-            status: str = "done", **hp) -> dict:
-    spec = make_spec(method, task, "micro-vit", seed, hp, stage=stage)
-    record = {"id": spec.run_id, "spec": spec.to_dict(), "status": status}
-    if status == "done":
-        record["metrics"] = {"test_acc": test, "val_acc": val}
-    else:
-        record["error"] = "boom"
-    return record
+            status: str = "done", **hp) -> RunRecord:
+    return make_record(make_spec(method, task, "micro-vit", seed, hp, stage=stage), test, val, status=status)
 
 
 def test_summarise_gives_mean_and_sample_std_over_seeds_splits_variants_and_excludes_tuning(tmp_path):
@@ -661,6 +700,6 @@ def test_summarise_gives_mean_and_sample_std_over_seeds_splits_variants_and_excl
     assert set(done[done["method"] == "vpt-deep"]["label"]) == {"num_prompts=5", "num_prompts=10"}
     assert set(done[(done["method"] == "linear") & (done["stage"] == "final")]["label"]) == {""}
     # Narrowed to some runs.
-    some = summarise(frame, {r["id"] for r in records if r["spec"]["stage"] == "final"})
+    some = summarise(frame, {r.id for r in records if r.spec.stage == "final"})
     assert sorted(some["task"]) == ["mnist5k", "sprites-loc"]
 

@@ -79,19 +79,19 @@ def test_estimator_fits_codebooks_once_and_keeps_them() -> None:
 def test_spt_deep_run_records_per_layer_nmi_at_init_and_after_every_epoch() -> None:
     spec = make_spec("spt-deep", "digits", "micro-vit", 0, {"epochs": 1})
     record = run(spec)
-    curve = record["curves"]["nmi"]
+    curve = record.curves["nmi"]
     assert len(curve) == 2  # init + one epoch
     assert all(len(layers) == 6 and all(0.0 <= v <= 1.0 for v in layers) for layers in curve)
-    assert record["wallclock"]["probe"] > 0
-    assert record["method_info"]["nmi"]["probe_images"] == 8
-    assert record["provenance"]["timm_name"] == "vit_tiny_patch16_224"
-    assert record["provenance"]["transform"]["mean"] == [0.5, 0.5, 0.5]
+    assert record.wallclock.probe > 0
+    assert record.method_info["nmi"]["probe_images"] == 8
+    assert record.provenance.timm_name == "vit_tiny_patch16_224"
+    assert record.provenance.transform["mean"] == [0.5, 0.5, 0.5]
 
 
 def test_methods_without_prompts_record_no_nmi() -> None:
     spec = make_spec("linear", "digits", "micro-vit", 0, {"epochs": 1})
     record = run(spec)
-    assert "nmi" not in record["curves"] and record["wallclock"]["probe"] == 0
+    assert "nmi" not in record.curves and record.wallclock.probe == 0
 
 
 @pytest.mark.parametrize("scale", [0.25, 4.0, 50.0])

@@ -148,14 +148,14 @@ def test_learnable_parameters_equal_the_closed_form_on_vit_b16(vit_b16, method):
     backbone_params = sum(p.numel() for p in vit.parameters())
     adapted = _build(method, vit)
     counts = engine._param_counts(adapted, engine._learnable(adapted), backbone_params)
-    assert counts["learnable_without_head"] == CLOSED_FORM[method]
-    assert counts["head"] == D * 5 + 5
+    assert counts.learnable_without_head == CLOSED_FORM[method]
+    assert counts.head == D * 5 + 5
 
 
 def test_lora_on_the_mlp_too_adds_fc1_and_fc2(vit_b16):
     adapted = _build("lora", copy.deepcopy(vit_b16), targets="qkv,fc1,fc2")
     counts = engine._param_counts(adapted, engine._learnable(adapted), 1)
-    assert counts["learnable_without_head"] == DEPTH * 8 * ((D + QKV) + (D + HIDDEN) + (HIDDEN + D))
+    assert counts.learnable_without_head == DEPTH * 8 * ((D + QKV) + (D + HIDDEN) + (HIDDEN + D))
 
 
 @pytest.mark.parametrize("bad", ["qvk", "proj,qq", "patch_embed", ""])
@@ -169,9 +169,9 @@ def test_record_counts_the_backbone_before_peft_injects_its_layers(tiny_register
     fresh = sum(p.numel() for p in load_backbone(backbone_name).model.parameters())
     record = engine.run(make_spec("lora", task, backbone_name, 0, {"epochs": "1", "rank": "2"}))
     d, depth = 32, 2  # tests/conftest.py's TINY_ARCH
-    assert record["params"]["backbone"] == record["backbone"]["num_params"] == fresh
-    assert record["params"]["learnable_without_head"] == depth * 2 * (d + 3 * d)
-    assert record["method_info"]["adapted_layers"] == depth
+    assert record.params.backbone == record.backbone["num_params"] == fresh
+    assert record.params.learnable_without_head == depth * 2 * (d + 3 * d)
+    assert record.method_info["adapted_layers"] == depth
 
 
 def test_same_seed_same_adapters_for_hand_written_methods(tiny_vit):
@@ -192,10 +192,10 @@ def test_one_bench_run_trains_every_new_method_and_the_report_shows_them(tiny_re
     assert main(["run", "--methods", ",".join(NEW), "--tasks", task, "--backbone", backbone, "--epochs", "1",
                  "--protocol", "fixed", "--results", str(results)]) == 0
     records = Store(results).records()
-    assert sorted(r["spec"]["method"] for r in records) == sorted(NEW)
+    assert sorted(r.spec.method for r in records) == sorted(NEW)
     for r in records:
-        assert r["status"] == "done" and len(r["curves"]["train_loss"]) == 1, r["spec"]["method"]
-        assert 0 < r["params"]["learnable_without_head"] < r["params"]["backbone"]
+        assert r.status == "done" and len(r.curves["train_loss"]) == 1, r.spec.method
+        assert 0 < r.params.learnable_without_head < r.params.backbone
 
     # The report code knows nothing of these methods; its summary and Pareto figure include them all.
     report = build_report(results, tmp_path / "report", ["csv"])

@@ -22,10 +22,10 @@ def test_cached_feature_linear_probe_equals_the_naive_loop(tiny_registered):
     spec = make_spec("linear", task, backbone, 3, {"epochs": 3})
     cached = engine.run(spec)
     naive = naive_frozen_probe(spec)
-    torch.testing.assert_close(torch.tensor(cached["curves"]["train_loss"]),
+    torch.testing.assert_close(torch.tensor(cached.curves["train_loss"]),
                                torch.tensor(naive["curves"]["train_loss"]), rtol=1e-5, atol=1e-6)
-    assert cached["curves"]["val_acc"] == naive["curves"]["val_acc"]
-    assert cached["metrics"]["test_acc"] == naive["test_acc"]
+    assert cached.curves["val_acc"] == naive["curves"]["val_acc"]
+    assert cached.metrics.test_acc == naive["test_acc"]
 
 
 def test_a_linear_sweep_shares_one_feature_pass_and_each_run_equals_one_that_extracts_its_own(
@@ -37,19 +37,19 @@ def test_a_linear_sweep_shares_one_feature_pass_and_each_run_equals_one_that_ext
     shared = [engine.run(spec) for spec in sweep]
     assert (engine.FEATURES.misses, engine.FEATURES.hits) == (2, 2), "train and val features once, for both runs"
     assert len(list(tmp_path.glob("*.pt"))) == 2
-    assert shared[0]["curves"] != shared[1]["curves"], "different learning rates train different heads"
+    assert shared[0].curves != shared[1].curves, "different learning rates train different heads"
 
     engine.FEATURES.directory = None
     for spec, record in zip(sweep, shared):
         engine.FEATURES.clear()
         alone = engine.run(spec)
-        assert alone["curves"] == record["curves"] and alone["metrics"] == record["metrics"]
+        assert alone.curves == record.curves and alone.metrics == record.metrics
 
     # Another process (an empty memory) on the same results directory reads the features from disk.
     engine.FEATURES.clear()
     engine.FEATURES.directory = tmp_path
     misses = engine.FEATURES.misses
-    assert engine.run(sweep[1])["curves"] == shared[1]["curves"]
+    assert engine.run(sweep[1]).curves == shared[1].curves
     assert engine.FEATURES.misses == misses
 
 

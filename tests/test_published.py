@@ -15,20 +15,18 @@ from bench.config import RunSpec
 from bench.method import METHODS
 from bench.published import compare_published, load_published, scope_tasks
 from bench.report import load_runs, suites
+from bench.record import RunRecord
 from bench.store import Store
+from records import make_record
 
 GROUP_OF = {t: g.id for suite in suites() for g in suite.groups for t in g.tasks}
 VTAB = [t for t, g in GROUP_OF.items() if g.startswith("vtab/")]
 FGVC = [t for t, g in GROUP_OF.items() if g == "fgvc"]
 
 
-def _record(method: str, task: str, seed: int, acc: float, **hparams: Any) -> dict[str, Any]:
+def _record(method: str, task: str, seed: int, acc: float, **hparams: Any) -> RunRecord:
     spec = RunSpec(method, task, "sup21k-vit-b16", seed, {"epochs": 100, **hparams})
-    return {"id": spec.run_id, "spec": spec.to_dict(), "status": "done",
-            "task": {"name": task, "group": GROUP_OF[task], "num_classes": 10},
-            "curves": {"train_loss": [1.0], "val_acc": [acc]}, "metrics": {"val_acc": acc, "test_acc": acc},
-            "params": {"backbone": 86_000_000, "learnable": 10, "learnable_pct": 0.2},
-            "wallclock": {"prompt_construction": 0.0, "train": 1.0, "eval": 1.0, "probe": 0.0}}
+    return make_record(spec, acc, group=GROUP_OF[task], learnable_pct=0.2, backbone_params=86_000_000)
 
 
 def test_shipped_rows_name_registered_methods_backbones_and_task_groups():

@@ -84,11 +84,11 @@ def test_record_carries_the_recipe_and_every_resolved_value(tiny_registered):
     backbone, task = tiny_registered
     spec = make_spec("spt-deep", task, backbone, 0, {"epochs": "1", "num_prompts": "2"})
     record = run(spec)
-    assert record["spec"]["recipe"] == "spt-paper"
-    assert record["recipe"]["name"] == "spt-paper" and record["recipe"]["sources"]
+    assert record.spec.recipe == "spt-paper"
+    assert record.recipe["name"] == "spt-paper" and record.recipe["sources"]
     # The tiny backbone has no pre-training: the recipe's `*` row applies.
     for key, value in RECIPES.get("spt-paper").values["*"].items():
-        assert record["spec"]["hparams"][key] == value
+        assert record.spec.hparams[key] == value
 
 
 def test_parameter_groups_follow_the_reference_weight_decay_rule():

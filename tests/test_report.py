@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -16,7 +17,9 @@ from bench.report import (
     SHARED_CORES_BELOW, budget_table, build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats,
     last_third_gain, load_runs, suite_table, suites, to_latex, to_markdown, val_curves,
 )
+from bench.record import CpuShare, RunRecord
 from bench.store import Store
+from records import make_record
 
 MICRO = next(s for s in suites() if s.key == "micro")
 GROUPS = {"digits": "micro/real", "mnist5k": "micro/real", "sprites-loc": "micro/structured",
@@ -26,18 +29,13 @@ GROUPS = {"digits": "micro/real", "mnist5k": "micro/real", "sprites-loc": "micro
 def record(method: str, task: str, seed: int, acc: float, hparams: dict[str, Any] | None = None,
            pct: float = 1.0, nmi: list[list[float]] | None = None, backbone: str = "micro-vit",
            backbone_params: int = 2_700_000, stage: str = "fixed",
-           val_curve: list[float] | None = None) -> dict[str, Any]:
+           val_curve: list[float] | None = None) -> RunRecord:
     spec = RunSpec(method, task, backbone, seed, {"epochs": 10, **(hparams or {})}, stage=stage)
     curves: dict[str, Any] = {"train_loss": [1.0], "val_acc": [acc] if val_curve is None else val_curve}
     if nmi is not None:
         curves["nmi"] = nmi
-    return {
-        "id": spec.run_id, "spec": spec.to_dict(), "status": "done",
-        "task": {"name": task, "group": GROUPS[task], "num_classes": 10},
-        "curves": curves, "metrics": {"val_acc": acc, "test_acc": acc},
-        "params": {"backbone": backbone_params, "learnable": 10, "learnable_pct": pct},
-        "wallclock": {"prompt_construction": 0.25, "train": 10.0, "eval": 1.0, "probe": 0.1},
-    }
+    return make_record(spec, acc, group=GROUPS[task], curves=curves, learnable_pct=pct,
+                       backbone_params=backbone_params)
 
 
 @pytest.fixture
@@ -59,7 +57,7 @@ def results(tmp_path: Path) -> Path:
     for r in rows:
         store.write(r)
     failed = record("vpt-deep", "digits", 0, 99.0)
-    store.write({**failed, "status": "failed", "error": "diverged"})
+    store.write(make_record(failed.spec, status="failed", error="diverged"))
     store.write(record("linear", "digits", 0, 99.0, {"lr": 0.5}, stage="tune"))  # scored val only: never counts
     return tmp_path / "results"
 
@@ -328,7 +326,7 @@ def test_a_report_removes_what_an_earlier_report_wrote_for_a_figure_it_now_skips
     build_report(tmp_path / "results", out, ("md", "tex"))
     assert (out / "init_ablation.png").exists()
     (out / "my_notes.md").write_text("not the report's")
-    (tmp_path / "results" / "runs" / f"{kmeans['id']}.json").unlink()
+    (tmp_path / "results" / "runs" / f"{kmeans.id}.json").unlink()
     report = build_report(tmp_path / "results", out, ("md",))
     assert not (out / "init_ablation.png").exists() and not (out / "init_ablation.pdf").exists()
     assert "removed init_ablation.png: an earlier report wrote it, and this one skipped it" in report.notes
@@ -345,7 +343,7 @@ def test_an_init_ablation_bar_says_whether_its_runs_had_the_cores_while_they_bui
         for seed, share in enumerate(pair):
             r = record("spt-deep", "digits", seed, 80.0, {"init": init})
             if share is not None:
-                r["cpu_share"] = {"build": share, "train": share}
+                r = dataclasses.replace(r, cpu_share=CpuShare(build=share, train=share))
             store.write(r)
     stats = init_ablation_stats(load_runs(tmp_path)).loc["spt-deep"]
     assert stats["cores"].to_dict() == {"max": "shared", "mean": "unknown", "random": "alone", "sampled": "shared"}

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
+from bench.config import RunSpec
+from bench.record import RunRecord
 from bench.store import Store
+from records import make_record
 
 
-def _record(run_id: str, method: str = "vpt-deep", acc: float = 50.0) -> dict:
-    return {
-        "id": run_id,
-        "spec": {"method": method, "task": "digits", "backbone": "micro-vit", "seed": 0,
-                 "hparams": {"lr": 0.01, "epochs": 1}, "weights": None},
-        "status": "done",
-        "task": {"name": "digits", "group": "micro/real"},
-        "metrics": {"val_acc": acc, "test_acc": acc - 1},
-        "params": {"learnable": 10},
-        "wallclock": {"train": 1.5},
-        "curves": {"train_loss": [2.3, 2.1], "val_acc": [10.0, acc]},
-    }
+def _record(run_id: str, method: str = "vpt-deep", acc: float = 50.0) -> RunRecord:
+    spec = RunSpec(method, "digits", "micro-vit", 0, {"lr": 0.01, "epochs": 1})
+    return make_record(spec, acc - 1, acc, run_id=run_id, curves={"train_loss": [2.3, 2.1], "val_acc": [10.0, acc]})
 
 
 def _leftovers(store: Store) -> list[str]:
@@ -34,7 +29,7 @@ def test_store_write_round_trips_and_leaves_no_temporary_file(tmp_path):
     path = store.write(record)
     assert path == store.path("abc123") and path.parent == tmp_path / "results" / "runs"
     assert store.read("abc123") == record
-    assert json.loads(path.read_text()) == record
+    assert json.loads(path.read_text()) == record.to_dict()
     assert store.is_done("abc123") and not store.is_done("missing")
     assert store.read("missing") is None
     assert _leftovers(store) == []
@@ -46,7 +41,7 @@ def test_store_failed_write_keeps_previous_record_and_no_temporary_file(tmp_path
     broken = _record("abc123", acc=math.nan)  # not valid JSON: the write must fail as a whole
     with pytest.raises(ValueError):
         store.write(broken)
-    assert store.read("abc123")["metrics"]["val_acc"] == 50.0
+    assert store.read("abc123").metrics.val_acc == 50.0
     assert _leftovers(store) == []
 
 
@@ -54,7 +49,7 @@ def test_store_overwrite_replaces_record(tmp_path):
     store = Store(tmp_path)
     store.write(_record("r1", acc=10.0))
     store.write(_record("r1", acc=20.0))
-    assert store.read("r1")["metrics"]["val_acc"] == 20.0
+    assert store.read("r1").metrics.val_acc == 20.0
     assert len(list(store.runs.glob("*.json"))) == 1
 
 
@@ -69,10 +64,10 @@ def test_store_load_gives_one_row_per_record(tmp_path):
     assert sorted(frame["id"]) == ["id0", "id1", "id2"]
     by_id = frame.set_index("id")
     for r in records:
-        row = by_id.loc[r["id"]]
-        assert row["method"] == r["spec"]["method"]
+        row = by_id.loc[r.id]
+        assert row["method"] == r.spec.method
         assert row["status"] == "done"
-        assert row["test_acc"] == r["metrics"]["test_acc"]
+        assert row["test_acc"] == r.metrics.test_acc
 
 
 def test_unreadable_records_are_set_aside_with_one_warning_each_and_count_as_not_done(tmp_path):
@@ -84,10 +79,10 @@ def test_unreadable_records_are_set_aside_with_one_warning_each_and_count_as_not
     store.path("cut").write_bytes(cut[: len(cut) // 2])  # a partial copy, a full disk
     store.path("hand").write_bytes(b"\xff\xfe not text")  # a binary file under a record's name
     store.path("list").write_text("[1, 2]")  # valid JSON, but no record
-    store.write({key: value for key, value in _record("bare").items() if key != "metrics"})  # done, yet no metrics
+    store.write(dataclasses.replace(_record("bare"), metrics=None))  # done, yet no metrics
     (store.runs / "notes.json").write_text("to do: rerun cub")
 
-    assert [r["id"] for r in store.records()] == ["good"]
+    assert [r.id for r in store.records()] == ["good"]
     assert sorted(p.name for p in store.runs.iterdir()) == [
         "bare.json.corrupt", "cut.json.corrupt", "good.json", "hand.json.corrupt", "list.json.corrupt",
         "notes.json.corrupt"]

@@ -68,7 +68,7 @@ def _run(spy_patch, backbone: str, task: str, method: str, seed: int = 0, **over
 def test_only_intended_parameters_train_and_frozen_backbone_is_bit_identical(monkeypatch, tiny_registered, method):
     backbone_name, task = tiny_registered
     record, spy = _run(monkeypatch, backbone_name, task, method, batch_size=16)
-    assert record["status"] == "done"
+    assert record.status == "done"
 
     names = [n for n, _ in spy.learnable]
     assert names and all(_intended(method, n) for n in names), names
@@ -111,13 +111,13 @@ def test_record_counts_learnable_parameters(monkeypatch, tiny_registered):
     for method, learnable in expected.items():
         overrides = {} if method in ("linear", "full") else {"num_prompts": n}
         record, _ = _run(monkeypatch, backbone_name, task, method, **overrides)
-        params = record["params"]
-        assert params["learnable"] == learnable, method
-        assert params["head"] == head
-        assert params["learnable_without_head"] == learnable - head
-        assert params["backbone"] == backbone_params
-        assert params["learnable_pct"] == pytest.approx(100.0 * learnable / backbone_params)
-        assert set(record["cpu_share"]) == {"build", "train"} and record["cpu_share"]["train"] > 0
+        params = record.params
+        assert params.learnable == learnable, method
+        assert params.head == head
+        assert params.learnable_without_head == learnable - head
+        assert params.backbone == backbone_params
+        assert params.learnable_pct == pytest.approx(100.0 * learnable / backbone_params)
+        assert record.cpu_share.build > 0 and record.cpu_share.train > 0
 
 
 def test_the_timer_tells_cpu_seconds_from_wall_clock():
@@ -156,11 +156,11 @@ def test_same_seed_same_record_and_other_seed_other_prompts(monkeypatch, tiny_re
     first, spy_first = _run(monkeypatch, backbone_name, task, method, seed=0, num_prompts=4)
     again, spy_again = _run(monkeypatch, backbone_name, task, method, seed=0, num_prompts=4)
     other, spy_other = _run(monkeypatch, backbone_name, task, method, seed=1, num_prompts=4)
-    assert first["id"] == again["id"] != other["id"]
-    assert first["metrics"] == again["metrics"]
-    assert first["curves"] == again["curves"]
+    assert first.id == again.id != other.id
+    assert first.metrics == again.metrics
+    assert first.curves == again.curves
     p0, p0_again = spy_first.learnable_at_start["trunk.prompts"], spy_again.learnable_at_start["trunk.prompts"]
     p1 = spy_other.learnable_at_start["trunk.prompts"]
     assert torch.equal(p0, p0_again)
     assert not torch.equal(p0, p1)
-    assert first["curves"]["train_loss"] != other["curves"]["train_loss"]
+    assert first.curves["train_loss"] != other.curves["train_loss"]
