@@ -258,7 +258,8 @@ class DataSource:
                 return self._complete(found)
         raise BenchError(
             f"task {self.name} not found under {root}; looked for: {lookup.describe()}. "
-            f"Put the dataset there in one of the layouts in the README, or point --data-root/{DATA_ENV} elsewhere"
+            f"Put the dataset there in one of the layouts in docs/datasets.md, "
+            f"or point --data-root/{DATA_ENV} elsewhere"
         )
 
     def _complete(self, found: Located) -> Located:

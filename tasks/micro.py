@@ -147,7 +147,7 @@ def _shapes_count() -> TaskData:
 
 
 # Epochs per task come from doubling the prompt methods' budget while a doubling still paid either method (spt-paper
-# recipe; README, "micro scale"; `bench report`'s budget table). A doubling pays when its mean same-seed gain over three
+# recipe; results/micro-study/README.md; its budget table). A doubling pays when its mean same-seed gain over three
 # seeds exceeds the gains' sample std. Digits and sprites-loc first trained 30, their val curves gaining 2-4 points over
 # the last third; 30 to 60 gained VPT-deep 2.1 +- 1.8 on digits and 2.9 +- 1.9 on sprites-loc. On digits, 60 to 120 then
 # gained SPT-deep 2.5 +- 1.0 (VPT-deep 0.1 +- 0.6) and 120 to 240 moved SPT-deep 0.4 +- 0.9, so digits trains 120. On
