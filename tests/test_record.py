@@ -10,7 +10,9 @@ import pytest
 
 from bench import BenchError
 from bench.config import RunSpec
-from bench.record import COLUMNS, CpuShare, SCHEMA_VERSION, RecordError, RunRecord, hp_column
+from bench.record import (
+    COLUMNS, FIELDS_MARKER, SCHEMA_VERSION, CpuShare, RecordError, RunRecord, hp_column, schema_markdown,
+)
 from bench.store import Store
 from records import make_record
 
@@ -90,3 +92,13 @@ def test_records_are_frozen_values():
     record = make_record(RunSpec("linear", "digits", "micro-vit", 0, {}), 50.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.status = "failed"  # type: ignore[misc]
+
+
+def test_the_records_page_lists_the_schema_as_it_is():
+    page = (Path(__file__).parent.parent / "docs" / "records.md").read_text()
+    _, marker, generated = page.partition(FIELDS_MARKER)
+    assert marker, f"docs/records.md lost its {FIELDS_MARKER!r} line"
+    assert generated.strip() == schema_markdown().strip(), \
+        "docs/records.md is stale: run `python -m bench.record docs/records.md`"
+    for name in ("metrics", "params", "wallclock", "provenance", "schema_version", "data_path"):
+        assert f"`{name}`" in generated
