@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.config import TrainConfig
 from bench.method import Adapted, BuildContext, register_method
-from methods._peft import block_layers_regex, build_with_peft
+from bench.methods._peft import block_layers_regex, build_with_peft
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from bench.config import TrainConfig
 from bench.method import Adapted, BuildContext, register_method
-from methods._peft import build_with_peft, layer_norms_regex
+from bench.methods._peft import build_with_peft, layer_norms_regex
 
 
 @dataclass(frozen=True)

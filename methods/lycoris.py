@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.method import Adapted, BuildContext, register_method
-from methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
+from bench.methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from bench.config import _check
 from bench.method import Adapted, BuildContext, register_method
-from methods.linear import SEARCH, LinearConfig, probe_head
+from bench.methods.linear import SEARCH, LinearConfig, probe_head
 
 
 @dataclass(frozen=True)
