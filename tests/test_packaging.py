@@ -19,9 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.data import TASKS
-from bench.method import METHODS
-
 REPO = Path(__file__).resolve().parent.parent
 # Repository folder -> where its files install.
 INSTALLED_AS = {"bench": "bench", "methods": "bench/methods", "tasks": "bench/tasks"}
@@ -67,26 +64,29 @@ def test_the_wheel_holds_every_module_under_bench_and_nothing_named_methods_or_t
     assert {"bench/published.csv", "bench/weights/micro_mae.safetensors", "bench/weights/MODEL_CARD.md"} <= names
 
 
-def test_the_installed_wheel_imports_its_own_plugins_and_fills_the_registries_from_another_directory(
-        wheel, tmp_path):
+def test_the_installed_wheel_finds_its_own_plugins_from_another_directory(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # a pure-Python wheel installs by unpacking
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # find_spec imports only the parent, bench (no dependencies); the family files are those the loader,
+    # bench.registry.import_family_files, walks in each package's folder.
     out = _python(
-        "import importlib.util, json\n"
-        "import bench.methods, bench.tasks\n"
-        "from bench.data import TASKS\n"
-        "from bench.method import METHODS\n"
-        "print(json.dumps({'files': [bench.methods.__file__, bench.tasks.__file__],\n"
-        "                  'top_level': [importlib.util.find_spec(n) is not None for n in ('methods', 'tasks')],\n"
-        "                  'methods': METHODS.names(), 'tasks': TASKS.names()}))\n",
+        "import importlib.util, json, pkgutil\n"
+        "found = {}\n"
+        "for name in ('bench.methods', 'bench.tasks', 'methods', 'tasks'):\n"
+        "    spec = importlib.util.find_spec(name)\n"
+        "    found[name] = spec and [spec.origin, sorted(m.name for m in pkgutil.iter_modules(\n"
+        "        spec.submodule_search_locations))]\n"
+        "print(json.dumps(found))\n",
         cwd=elsewhere, path=site,
     )
-    seen = json.loads(out)
-    assert seen["files"] == [str(site / "bench" / folder / "__init__.py") for folder in ("methods", "tasks")]
-    assert seen["top_level"] == [False, False]
-    assert seen["methods"] == METHODS.names() and seen["tasks"] == TASKS.names()
+    found = json.loads(out)
+    for folder in ("methods", "tasks"):
+        origin, modules = found[f"bench.{folder}"]
+        assert origin == str(site / "bench" / folder / "__init__.py")
+        assert modules == sorted(path.stem for path in (REPO / folder).glob("*.py") if path.stem != "__init__")
+        assert found[folder] is None
 
 
 def _editable_from_this_checkout() -> bool:
