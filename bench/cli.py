@@ -33,8 +33,8 @@ DEFAULT_TASKS = "sprites-loc"
 
 
 def _registries() -> dict[str, Any]:
-    import methods  # noqa: F401  (registers the methods)
-    import tasks  # noqa: F401  (registers the tasks)
+    import bench.methods  # noqa: F401  (registers the methods)
+    import bench.tasks  # noqa: F401  (registers the tasks)
     from bench.backbone import BACKBONES
     from bench.data import TASKS
     from bench.method import METHODS

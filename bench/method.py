@@ -70,17 +70,34 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class StartsAsBackbone:
+    """Whether a method starts as its backbone: its trunk's features at init equal the frozen backbone's (the fresh
+    head aside). tests/test_every_method.py holds every registered method to what it declares here.
+
+    Attributes:
+        given: the fewest hyper-parameters, over the config's defaults, under which it does ({}: the defaults do);
+            None: no setting does.
+        why: the reason, in a phrase: what starts at zero or one, or what the trunk computes instead.
+    """
+
+    given: dict[str, Any] | None
+    why: str
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered method.
 
     Attributes:
         config_cls: its hyper-parameters.
         build: adapts a backbone.
+        starts_as_backbone: whether, and under which hyper-parameters, the adapted trunk starts as the backbone.
         search: the grid the `tune` protocol searches on val (hyper-parameter -> values).
     """
 
     config_cls: type[TrainConfig]
     build: Callable[[Any, BuildContext], Adapted]
+    starts_as_backbone: StartsAsBackbone
     search: dict[str, list[Any]] = field(default_factory=dict)
 
 
@@ -88,12 +105,14 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, config_cls: type[TrainConfig], description: str, search: dict[str, list[Any]] | None = None
+    name: str, config_cls: type[TrainConfig], description: str, search: dict[str, list[Any]] | None = None, *,
+    starts_as_backbone: StartsAsBackbone,
 ) -> Callable:
-    """Decorator: register `build(config, ctx) -> Adapted` under `name` with its config class and search grid."""
+    """Decorator: register `build(config, ctx) -> Adapted` under `name` with its config class, search grid and
+    whether it starts as the backbone."""
 
     def wrap(build: Callable[[Any, BuildContext], Adapted]) -> Callable[[Any, BuildContext], Adapted]:
-        METHODS.register(name, Method(config_cls, build, search or {}), description)
+        METHODS.register(name, Method(config_cls, build, starts_as_backbone, search or {}), description)
         return build
 
     return wrap

@@ -285,7 +285,7 @@ def kmeans_speed(layers: int) -> list[Figure]:
 def sampled_construction(backbone: str, repeats: int) -> Figure:
     """SPT's `sampled` construction (draw images, preprocess, tokens per block, draw N per block) against one
     no-grad forward of the backbone over the same images."""
-    from methods.prompt import build_prompts
+    from bench.methods.prompt import build_prompts
 
     bb = load_backbone(backbone)
     preprocess = Preprocess(bb.input_size, bb.mean, bb.std)
@@ -366,8 +366,8 @@ def _training_memory_mb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, unfr
 
 def _throughput_worker(backbone: str, threads: int, steps: int, barrier: Any, results: Any) -> None:
     torch.set_num_threads(threads)
-    import methods  # noqa: F401  (a spawned process registers the methods and tasks afresh)
-    import tasks  # noqa: F401
+    import bench.methods  # noqa: F401  (a spawned process registers the methods and tasks afresh)
+    import bench.tasks  # noqa: F401
 
     _, adapted, preprocess = _adapted("vpt-deep", backbone)
     model = nn.Sequential(adapted.trunk, adapted.head).train()

@@ -1,8 +1,8 @@
 """Masked-autoencoder pre-training (He et al., CVPR 2022) of the micro backbone, offline, on CPU.
 
 The corpus is disjoint from every micro task's images by construction: the digit images the tasks leave out
-(`tasks.micro.pretraining_pool`), sprites and scenes rendered from seed streams the tasks never use, and random crops
-of the two photographs that ship with scikit-learn. The encoder is the `micro-vit` architecture; the decoder is light
+(`bench.tasks.micro.pretraining_pool`), sprites and scenes rendered from seed streams the tasks never use, and random
+crops of the two photographs that ship with scikit-learn. The encoder is the `micro-vit` architecture; the decoder is light
 (2 blocks, width 128) and is thrown away. The loss is MSE on masked patches, each patch's pixels normalised by their
 own mean and variance (MAE's `norm_pix_loss`).
 """
@@ -127,7 +127,7 @@ def photo_crops(count: int, rng: np.random.Generator) -> torch.Tensor:
 
 
 def build_corpus(recipe: MAERecipe) -> tuple[torch.Tensor, dict[str, int]]:
-    from tasks import micro
+    from bench.tasks import micro
 
     rng = np.random.default_rng(recipe.seed + 7_000_000)  # a stream no micro task draws from
     shapes = ("square", "ellipse", "triangle")

@@ -193,5 +193,7 @@ def make_spec(method: str, task: str, backbone: str, seed: int, overrides: dict[
 
 
 def describe(name: str) -> dict[str, Any]:
-    """A recipe as a record stores it: its values per objective, its search grids and its sources."""
-    return {"name": name, **dataclasses.asdict(RECIPES.get(name))}
+    """A recipe as a record stores it: its values per objective, its search grids and its sources. Its name lists
+    are lists, as JSON reads them back, so that a run's record equals its stored copy."""
+    recipe = dataclasses.asdict(RECIPES.get(name))
+    return {"name": name, **recipe, "methods": list(recipe["methods"]), "default_for": list(recipe["default_for"])}

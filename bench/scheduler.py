@@ -348,8 +348,8 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
         if execution.finished(spec):
             return Outcome(spec, "skipped")
         # A worker process (loky, a Dask worker) starts with empty registries: register what the CLI registers.
-        import methods  # noqa: F401
-        import tasks  # noqa: F401
+        import bench.methods  # noqa: F401
+        import bench.tasks  # noqa: F401
 
         if threads is not None:
             import torch

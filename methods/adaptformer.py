@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.backbone import Pooling, ViTFeatures
 from bench.config import TrainConfig, _check
-from bench.method import Adapted, BuildContext, linear_head, register_method
+from bench.method import Adapted, BuildContext, linear_head, StartsAsBackbone, register_method
 
 
 class Bottleneck(nn.Module):
@@ -76,7 +76,8 @@ SEARCH = {"lr": [1e-2, 3e-3, 1e-3], "bottleneck": [8, 64]}
 
 
 @register_method("adaptformer", AdaptFormerConfig, "AdaptFormer: scaled bottleneck adapter in parallel with each "
-                 "block's MLP (up-projection zero at init)", SEARCH)
+                 "block's MLP (up-projection zero at init)", SEARCH,
+                 starts_as_backbone=StartsAsBackbone({}, "the up-projection starts at zero"))
 def build_adaptformer(config: AdaptFormerConfig, ctx: BuildContext) -> Adapted:
     trunk = AdaptFormerViT(ctx.backbone.model, ctx.backbone.pooling, config.bottleneck, config.scale, ctx.generator)
     return Adapted(trunk, linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False,

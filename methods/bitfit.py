@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.backbone import ViTFeatures
 from bench.config import TrainConfig
-from bench.method import Adapted, BuildContext, linear_head, register_method
+from bench.method import Adapted, BuildContext, linear_head, StartsAsBackbone, register_method
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class BitFitConfig(TrainConfig):
 SEARCH = {"lr": [1e-2, 3e-3, 1e-3, 3e-4]}
 
 
-@register_method("bitfit", BitFitConfig, "BitFit: only the backbone's bias terms and the head learn", SEARCH)
+@register_method("bitfit", BitFitConfig, "BitFit: only the backbone's bias terms and the head learn", SEARCH,
+                 starts_as_backbone=StartsAsBackbone({}, "it adds nothing: the backbone's own biases learn"))
 def build_bitfit(config: BitFitConfig, ctx: BuildContext) -> Adapted:
     vit = ctx.backbone.model
     biases = [p for name, p in vit.named_parameters() if name.endswith(".bias")]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.config import TrainConfig
-from bench.method import Adapted, BuildContext, register_method
-from methods._peft import block_layers_regex, build_with_peft
+from bench.method import Adapted, BuildContext, StartsAsBackbone, register_method
+from bench.methods._peft import block_layers_regex, build_with_peft
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ SEARCH = {"lr": [1e-2, 3e-3, 1e-3]}
 
 
 @register_method("ia3", IA3Config, "(IA)³ via peft: learned rescaling of qkv outputs and MLP hidden activations",
-                 SEARCH)
+                 SEARCH, starts_as_backbone=StartsAsBackbone({}, "the rescaling vectors start at one"))
 def build_ia3(config: IA3Config, ctx: BuildContext) -> Adapted:
     from peft import IA3Config as PeftIA3
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.backbone import ViTFeatures
 from bench.config import TrainConfig, _check
-from bench.method import Adapted, BuildContext, classifier, register_method
+from bench.method import Adapted, BuildContext, classifier, StartsAsBackbone, register_method
 
 FEATURE_NORMS = ("none", "batchnorm")
 
@@ -45,7 +45,8 @@ class LinearConfig(TrainConfig):
 SEARCH = {"lr": [0.1, 0.03, 0.01, 0.003, 0.001], "weight_decay": [0.0, 1e-4]}
 
 
-@register_method("linear", LinearConfig, "Linear probe: frozen backbone, only the classifier head learns", SEARCH)
+@register_method("linear", LinearConfig, "Linear probe: frozen backbone, only the classifier head learns", SEARCH,
+                 starts_as_backbone=StartsAsBackbone({}, "the trunk is the frozen backbone"))
 def build_linear(config: LinearConfig, ctx: BuildContext) -> Adapted:
     trunk = ViTFeatures(ctx.backbone.model, ctx.backbone.pooling)
     head = probe_head(ctx.backbone.num_features, ctx.num_classes, config.feature_norm)

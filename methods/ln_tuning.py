@@ -10,8 +10,8 @@ import warnings
 from dataclasses import dataclass
 
 from bench.config import TrainConfig
-from bench.method import Adapted, BuildContext, register_method
-from methods._peft import build_with_peft, layer_norms_regex
+from bench.method import Adapted, BuildContext, StartsAsBackbone, register_method
+from bench.methods._peft import build_with_peft, layer_norms_regex
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ SEARCH = {"lr": [1e-2, 3e-3, 1e-3, 3e-4]}
 
 
 @register_method("ln-tuning", LNTuningConfig, "LayerNorm tuning via peft: only LayerNorm scales and biases learn",
-                 SEARCH)
+                 SEARCH, starts_as_backbone=StartsAsBackbone({}, "its LayerNorms start as copies of the backbone's"))
 def build_ln_tuning(config: LNTuningConfig, ctx: BuildContext) -> Adapted:
     from peft import LNTuningConfig as PeftLNTuning
 

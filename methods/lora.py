@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.config import _check
-from bench.method import Adapted, BuildContext, register_method
-from methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
+from bench.method import Adapted, BuildContext, StartsAsBackbone, register_method
+from bench.methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,13 @@ def _build(config: LoRAConfig, ctx: BuildContext, dora: bool) -> Adapted:
 
 
 @register_method("lora", LoRAConfig, "LoRA via peft: low-rank B·A beside qkv (B = 0 at init); targets=qkv,fc1,fc2 "
-                 "adds the MLP", SEARCH)
+                 "adds the MLP", SEARCH, starts_as_backbone=StartsAsBackbone({}, "B starts at zero"))
 def build_lora(config: LoRAConfig, ctx: BuildContext) -> Adapted:
     return _build(config, ctx, dora=False)
 
 
 @register_method("dora", DoRAConfig, "DoRA via peft: LoRA's direction update plus a learnable magnitude per output "
-                 "channel", SEARCH)
+                 "channel", SEARCH, starts_as_backbone=StartsAsBackbone(
+                     {}, "B starts at zero and the magnitude at the norms of W (equal up to rounding)"))
 def build_dora(config: DoRAConfig, ctx: BuildContext) -> Adapted:
     return _build(config, ctx, dora=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.method import Adapted, BuildContext, register_method
-from methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
+from bench.method import Adapted, BuildContext, StartsAsBackbone, register_method
+from bench.methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,11 @@ class LoKrConfig(LycorisConfig):
 
 
 SEARCH = {"lr": [1e-2, 3e-3, 1e-3], "rank": [4, 8]}
+ZERO_FACTOR = StartsAsBackbone({}, "peft starts one factor of each product at zero")
 
 
-@register_method("loha", LoHaConfig, "LoHa via peft: Hadamard product of two low-rank updates beside qkv", SEARCH)
+@register_method("loha", LoHaConfig, "LoHa via peft: Hadamard product of two low-rank updates beside qkv", SEARCH,
+                 starts_as_backbone=ZERO_FACTOR)
 def build_loha(config: LoHaConfig, ctx: BuildContext) -> Adapted:
     from peft import LoHaConfig as PeftLoHa
 
@@ -45,7 +47,7 @@ def build_loha(config: LoHaConfig, ctx: BuildContext) -> Adapted:
 
 
 @register_method("lokr", LoKrConfig, "LoKr via peft: Kronecker product of a small factor and a low-rank one beside "
-                 "qkv", SEARCH)
+                 "qkv", SEARCH, starts_as_backbone=ZERO_FACTOR)
 def build_lokr(config: LoKrConfig, ctx: BuildContext) -> Adapted:
     from peft import LoKrConfig as PeftLoKr
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import _check
-from bench.method import Adapted, BuildContext, register_method
-from methods.linear import SEARCH, LinearConfig, probe_head
+from bench.method import Adapted, BuildContext, StartsAsBackbone, register_method
+from bench.methods.linear import SEARCH, LinearConfig, probe_head
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class FlatPixels(nn.Module):
 
 # The linear probe's sweep: the two differ only in what the head reads.
 @register_method("pixels", PixelsConfig, "Sanity baseline: a linear classifier on the resized, normalised pixels "
-                 "(no backbone)", SEARCH)
+                 "(no backbone)", SEARCH, starts_as_backbone=StartsAsBackbone(
+                     None, "it has no backbone: the trunk is the resized pixels"))
 def build_pixels(config: PixelsConfig, ctx: BuildContext) -> Adapted:
     side = min(config.size, ctx.backbone.input_size)
     features = 3 * side * side

@@ -37,7 +37,7 @@ from bench import kmeans as km
 from bench.backbone import embed, pool_features, with_position
 from bench.cache import cache_key
 from bench.config import TrainConfig, _check
-from bench.method import METHODS, Adapted, BuildContext, Probe, linear_head, register_method
+from bench.method import METHODS, Adapted, BuildContext, Probe, StartsAsBackbone, linear_head, register_method
 from bench.registry import Registry
 
 
@@ -345,6 +345,7 @@ def _build(config: VPTConfig, ctx: BuildContext, deep: bool) -> Adapted:
 # Used under `--recipe none`; the recipes (bench.recipes) carry the references' grids. The learning rates include
 # the SPT reference's 5e-2 (MAE) and 1e-3 (MoCo-v3, supervised).
 SEARCH = {"lr": [0.05, 0.01, 0.001], "weight_decay": [1e-2, 1e-4, 0.0]}
+ZERO_PROMPTS = StartsAsBackbone({"num_prompts": 0}, "prompts are added tokens; with none, the trunk is the backbone")
 
 
 def _register_prompt_methods() -> None:
@@ -355,9 +356,8 @@ def _register_prompt_methods() -> None:
     ):
         for (depth, deep), config_cls in zip((("shallow", False), ("deep", True)), configs):
             where = "before every block" if deep else "at the input only"
-            register_method(f"{family}-{depth}", config_cls, f"{what}; prompts {where}", SEARCH)(
-                lambda config, ctx, deep=deep: _build(config, ctx, deep)
-            )
+            register_method(f"{family}-{depth}", config_cls, f"{what}; prompts {where}", SEARCH,
+                            starts_as_backbone=ZERO_PROMPTS)(lambda config, ctx, deep=deep: _build(config, ctx, deep))
         METHODS.alias(family, [f"{family}-shallow", f"{family}-deep"])
 
 

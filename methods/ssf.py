@@ -19,7 +19,7 @@ from torch import nn
 
 from bench.backbone import Pooling, ViTFeatures
 from bench.config import TrainConfig, _check
-from bench.method import Adapted, BuildContext, linear_head, register_method
+from bench.method import Adapted, BuildContext, linear_head, StartsAsBackbone, register_method
 
 
 class ScaleShift(nn.Module):
@@ -84,7 +84,7 @@ SEARCH = {"lr": [5e-3, 2e-3, 1e-3], "weight_decay": [5e-5, 5e-2]}
 
 
 @register_method("ssf", SSFConfig, "SSF: learned per-channel scale and shift after every operation of the backbone",
-                 SEARCH)
+                 SEARCH, starts_as_backbone=StartsAsBackbone({"init_std": 0.0}, "γ starts at 1 and β at 0"))
 def build_ssf(config: SSFConfig, ctx: BuildContext) -> Adapted:
     trunk = SSFViT(ctx.backbone.model, ctx.backbone.pooling, config.init_std, ctx.generator)
     return Adapted(trunk, linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False,

@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-import methods  # noqa: E402,F401  (registers the methods)
-import tasks  # noqa: E402,F401  (registers the tasks)
+import bench.methods  # noqa: E402,F401  (registers the methods)
+import bench.tasks  # noqa: E402,F401  (registers the tasks)
 from bench.backbone import BACKBONES, BackboneEntry, load_backbone  # noqa: E402
 from bench.data import TASKS, Task, TaskData, TensorSplit  # noqa: E402
 from bench.engine import FEATURES  # noqa: E402

@@ -11,8 +11,8 @@ from sklearn.preprocessing import StandardScaler
 from bench import engine, recipes
 from bench.backbone import load_backbone
 from bench.data import TASKS, Preprocess
-from methods.linear import probe_head
-from methods.pixels import FlatPixels
+from bench.methods.linear import probe_head
+from bench.methods.pixels import FlatPixels
 
 
 def test_pixel_features_are_the_flattened_preprocessed_images(digits_train):

@@ -8,7 +8,7 @@ from pathlib import Path
 import data_fixtures as fx
 import pytest
 
-import tasks  # noqa: F401  (registers the tasks)
+import bench.tasks  # noqa: F401  (registers the tasks)
 from bench.cli import main
 from bench.datacheck import ERROR, NOTE, WARNING, TaskCheck, check_tasks
 

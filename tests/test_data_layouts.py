@@ -9,7 +9,7 @@ import data_fixtures as fx
 import pytest
 import torch
 
-import tasks  # noqa: F401  (registers the tasks)
+import bench.tasks  # noqa: F401  (registers the tasks)
 from bench import BenchError
 from bench.data import TASKS
 from bench.imagefiles import FileSplit

@@ -25,7 +25,7 @@ from bench.decoded import DECODED, LIMIT_ENV, DecodeCache
 from bench.imagefiles import FileSplit
 from bench.recipes import make_spec
 from bench.scheduler import claim_gpu
-from tasks.fgvc import TRANSFORMS
+from bench.tasks.fgvc import TRANSFORMS
 
 
 @pytest.fixture

@@ -519,7 +519,7 @@ def test_dask_backend_runs_a_grid_on_a_local_cluster_in_its_worker_processes(tmp
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         result = execute(specs, Execution(store, backend="dask", dask_address=cluster.scheduler_address), GridEvents())
         with distributed.Client(cluster) as client:
-            in_workers = client.run(lambda: "bench.engine" in sys.modules and "methods" in sys.modules)
+            in_workers = client.run(lambda: "bench.engine" in sys.modules and "bench.methods" in sys.modules)
             worker_pids = set(client.run(os.getpid).values())
     assert sorted(o.status for o in result.outcomes) == ["done", "done"], [o.error for o in result.outcomes]
     assert all(in_workers.values()), "the runs did not execute in the Dask worker"

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 import torch
 
-import tasks.micro as micro
+import bench.tasks.micro as micro
 from bench.data import TASKS
 
 MICRO = ["digits", "mnist5k", "sprites-loc", "sprites-ori", "shapes-count"]

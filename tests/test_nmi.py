@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-import methods  # noqa: F401  (registers the methods)
-import tasks  # noqa: F401  (registers the tasks)
+import bench.methods  # noqa: F401  (registers the methods)
+import bench.tasks  # noqa: F401  (registers the tasks)
 from bench.engine import run
 from bench.nmi import PromptPatchNMI, fit_codebook, nmi, prompt_patch_nmi
 from bench.recipes import make_spec
@@ -100,7 +100,7 @@ def test_prompt_patch_nmi_does_not_change_when_prompts_are_rescaled(micro_vit, s
     Raw Euclidean codes would not: rescaled prompts fall into other cells of the patch tokens' codebook. (LayerNorm's
     eps keeps this from being exact for prompts rescaled towards 0; the scales here stay clear of it.)"""
     from bench.data import TASKS, Preprocess
-    from methods.prompt import PromptedViT
+    from bench.methods.prompt import PromptedViT
 
     images = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)(
         TASKS.get("digits").load().train.images[:8])

@@ -10,7 +10,7 @@ import torch
 from bench.backbone import BACKBONES, MICRO_ARCH, create_vit, load_backbone
 from bench.data import TASKS
 from bench.pretrain import MAERecipe, MaskedAutoencoder, build_corpus, pretrain_mae, save_encoder, sincos_2d
-import tasks  # noqa: F401  (registers the micro tasks)
+import bench.tasks  # noqa: F401  (registers the micro tasks)
 
 TINY = MAERecipe(
     epochs=3, batch_size=64, warmup_epochs=1,

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from bench.backbone import ViTFeatures
 from bench.data import Preprocess, TensorSplit
 from bench.method import METHODS, BuildContext
-from methods.prompt import PromptedViT
+from bench.methods.prompt import PromptedViT
 
 POOLINGS = {
     # name: (PromptedViT pooling, timm create kwargs), as bench.backbone builds each

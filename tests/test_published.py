@@ -30,7 +30,7 @@ def _record(method: str, task: str, seed: int, acc: float, **hparams: Any) -> Ru
 
 
 def test_shipped_rows_name_registered_methods_backbones_and_task_groups():
-    import methods  # noqa: F401  (registers the methods)
+    import bench.methods  # noqa: F401  (registers the methods)
 
     published = load_published()
     assert len(published) >= 10

@@ -109,8 +109,7 @@ def test_a_family_file_dropped_into_a_package_registers_without_an_import_line(t
 
 
 def test_every_file_in_methods_and_tasks_is_imported_by_its_package():
-    import methods
-    import tasks
+    from bench import methods, tasks
 
     for package in (methods, tasks):
         files = {p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_")}

@@ -13,7 +13,7 @@ from bench import BenchError
 from bench.data import Preprocess, TensorSplit
 from bench.kmeans import kmeans
 from bench.method import METHODS, BuildContext
-from methods.prompt import run_pool
+from bench.methods.prompt import run_pool
 
 
 def _context(backbone, split, seed):
