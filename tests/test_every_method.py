@@ -99,7 +99,7 @@ def test_only_what_it_marks_learnable_gets_gradients(name, context):
 def test_its_record_round_trips_through_the_store(name, tiny_registered, tmp_path):
     backbone, task = tiny_registered
     record = engine.run(make_spec(name, task, backbone, 0, {"epochs": "1"}))
-    assert record["status"] == "done" and record["spec"]["method"] == name
+    assert record.status == "done" and record.spec.method == name
     store = Store(tmp_path)
     store.write(record)
-    assert store.read(record["id"]) == record
+    assert store.read(record.id) == record
