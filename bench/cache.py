@@ -1,15 +1,14 @@
 """Content-keyed tensor caches shared by the runs of a grid: what a sweep would otherwise recompute in every run.
 
 Two things are worth caching because every point of a hyper-parameter sweep computes them identically: SPT's k-means
-centroids (`bench.kmeans.CENTROIDS`, one k-means per backbone, sample, block, k and seed) and a frozen trunk's
-features of a split (`bench.engine.FEATURES`, one feature pass per backbone, task and split for a whole linear-probe
-sweep, the tune protocol's stage 1 and the final stage's seeds included).
+centroids (`Caches.centroids`, one k-means per backbone, sample, block, k and seed) and a frozen trunk's features of a
+split (`Caches.features`, one feature pass per backbone, task and split for a whole linear-probe sweep, the tune
+protocol's stage 1 and the final stage's seeds included); `bench.engine.Caches` holds both for the runs of a worker.
 
 Keys are digests of everything the value depends on, chosen by the caller, so a hit can only return what the same
-inputs would compute. Entries live in this process (the most recently used, up to `MEMORY_BYTES`) and, once
-`bench.scheduler` points `directory` at the results directory, on disk, where runs in other processes or on other
-machines of a cluster find them; files are written to a temporary name and renamed, so a killed run leaves no torn
-entry.
+inputs would compute. Entries live in this process (the most recently used, up to `MEMORY_BYTES`) and, with a
+`directory` (the results directory's, for `bench run`), on disk, where runs in other processes or on other machines
+of a cluster find them; files are written to a temporary name and renamed, so a killed run leaves no torn entry.
 """
 
 from __future__ import annotations
