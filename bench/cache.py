@@ -14,11 +14,13 @@ of a cluster find them; files are written to a temporary name and renamed, so a 
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from pathlib import Path
 from typing import Callable, Union
 
 import torch
+
+from bench.atomic import replacing
 
 Value = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
@@ -47,10 +49,14 @@ class TensorCache:
             self.misses += 1
             value = _detached_cpu(compute())
             if self.directory is not None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                temporary = self.directory / f".{key}.{os.getpid()}.tmp"
-                torch.save(value, temporary)
-                temporary.replace(self.directory / f"{key}.pt")
+                # A write the disk refuses stops `bench` (see bench.atomic) rather than letting the run go on
+                # uncached: a full disk would refuse its record next, after the run's whole training.
+                with replacing(self.directory / f"{key}.pt", "a cache entry") as temporary:
+                    # Serialised in memory, then written as bytes: torch's own writer reports a short write as a
+                    # RuntimeError, a Python file as the OSError it is.
+                    serialised = io.BytesIO()
+                    torch.save(value, serialised)
+                    temporary.write_bytes(serialised.getbuffer())
         self._memory[key] = value  # re-inserted last: the dict's order is the recency order
         while len(self._memory) > 1 and sum(map(_nbytes, self._memory.values())) > MEMORY_BYTES:
             del self._memory[next(iter(self._memory))]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from bench import BenchError
+from bench.atomic import replacing
 from bench.cache import cache_key
 
 LIMIT_ENV = "BENCH_DECODE_CACHE_GB"
@@ -172,38 +172,45 @@ class DecodeCache:
             events.append({"key": key, "status": "over limit: decoded from files", "images": len(paths),
                            "steps": steps, "needed_bytes": nbytes, "cache_bytes": used})
             return False
-        temporary = self.directory / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
-        images = np.lib.format.open_memmap(temporary / "images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(len(paths), *first.shape))
-        sizes = np.zeros((len(paths), 2), dtype=np.int32)
-        chunks = [list(range(s, min(s + _CHUNK, len(paths)))) for s in range(0, len(paths), _CHUNK)]
-        loader = DataLoader(_StoreDecoder(paths, transform), batch_sampler=chunks,
-                            num_workers=min(workers, len(chunks)))
-        done, reported = 0, 0
-        label = f"decode cache: {len(paths):,} images → {'×'.join(map(str, first.shape))} uint8"
-        for batch, batch_sizes in loader:
-            images[done:done + len(batch)] = batch.numpy()
-            sizes[done:done + len(batch)] = batch_sizes.numpy()
-            done += len(batch)
-            # A text bar on stderr: runs may execute in worker processes, where a live display would fight the
-            # grid's own display for the terminal.
-            if done * 4 // len(paths) > reported or done == len(paths):
-                reported = done * 4 // len(paths)
-                bar = "#" * (20 * done // len(paths))
-                print(f"{label} [{bar:<20}] {done}/{len(paths)} {time.perf_counter() - start:.1f} s",
-                      file=sys.stderr, flush=True)
-        images.flush()
-        del images
-        np.save(temporary / "sizes.npy", sizes)
-        seconds = time.perf_counter() - start
-        build = {"seconds": seconds, "images_per_s": len(paths) / seconds, "workers": min(workers, len(chunks)),
-                 "bytes": nbytes, "shape": list(first.shape)}
-        (temporary / "meta.json").write_text(json.dumps({"steps": steps, "images": len(paths), "build": build}))
-        temporary.rename(self.directory / key)
+        # A write the disk refuses stops `bench` (see bench.atomic), as for every file a run keeps.
+        with replacing(self.directory / key, "a decoded split", folder=True) as temporary:
+            temporary.mkdir()
+            images = _allocated_memmap(temporary / "images.npy", (len(paths), *first.shape))
+            sizes = np.zeros((len(paths), 2), dtype=np.int32)
+            chunks = [list(range(s, min(s + _CHUNK, len(paths)))) for s in range(0, len(paths), _CHUNK)]
+            loader = DataLoader(_StoreDecoder(paths, transform), batch_sampler=chunks,
+                                num_workers=min(workers, len(chunks)))
+            done, reported = 0, 0
+            label = f"decode cache: {len(paths):,} images → {'×'.join(map(str, first.shape))} uint8"
+            for batch, batch_sizes in loader:
+                images[done:done + len(batch)] = batch.numpy()
+                sizes[done:done + len(batch)] = batch_sizes.numpy()
+                done += len(batch)
+                # A text bar on stderr: runs may execute in worker processes, where a live display would fight the
+                # grid's own display for the terminal.
+                if done * 4 // len(paths) > reported or done == len(paths):
+                    reported = done * 4 // len(paths)
+                    bar = "#" * (20 * done // len(paths))
+                    print(f"{label} [{bar:<20}] {done}/{len(paths)} {time.perf_counter() - start:.1f} s",
+                          file=sys.stderr, flush=True)
+            images.flush()
+            del images
+            np.save(temporary / "sizes.npy", sizes)
+            seconds = time.perf_counter() - start
+            build = {"seconds": seconds, "images_per_s": len(paths) / seconds, "workers": min(workers, len(chunks)),
+                     "bytes": nbytes, "shape": list(first.shape)}
+            (temporary / "meta.json").write_text(json.dumps({"steps": steps, "images": len(paths), "build": build}))
         events.append(self._event(key, "built", len(paths), steps))
         return True
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 `.npy` file of `shape`, memory-mapped, its blocks allocated before anything is written: a full disk
+    refuses the allocation (an OSError) where a write into a hole of the map would kill the process (SIGBUS)."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+    return images
 
 
 def _stat(path: Path) -> os.stat_result:

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 from joblib import Parallel, delayed, parallel_config
 
 from bench import BenchError, recipes
+from bench.atomic import WriteFailed
 from bench.config import RunSpec
 from bench.engine import Caches, run
 from bench.method import METHODS
@@ -233,6 +234,8 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
         try:
             record = run(spec, device=_device(execution), on_epoch=on_epoch, data_root=execution.data_root,
                          caches=_caches(execution.store.root))
+        except WriteFailed:
+            raise  # the disk's failure, not the run's: it stops the grid, and a rerun runs this run again
         except Exception as exc:  # any failure of one run is recorded; the grid goes on
             error = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
             record = {

@@ -10,13 +10,13 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from bench import BenchError
+from bench.atomic import replacing
 
 RECORDS = "runs"
 
@@ -94,16 +94,10 @@ class Store:
         except OSError as exc:
             raise BenchError(f"cannot create results directory {self.runs}: {exc.strerror}; pass --results DIR") from None
         target = self.path(record["id"])
-        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=f".{record['id']}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(target, f"the record of run {record['id']}") as temporary, open(temporary, "w") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
         return target
 
     def records(self) -> list[dict[str, Any]]:
