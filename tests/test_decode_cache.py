@@ -8,7 +8,6 @@ interpolation error, its crops.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import data_fixtures as fx
