@@ -1,25 +1,26 @@
 """Content-keyed tensor caches shared by the runs of a grid: what a sweep would otherwise recompute in every run.
 
 Two things are worth caching because every point of a hyper-parameter sweep computes them identically: SPT's k-means
-centroids (`bench.kmeans.CENTROIDS`, one k-means per backbone, sample, block, k and seed) and a frozen trunk's
-features of a split (`bench.engine.FEATURES`, one feature pass per backbone, task and split for a whole linear-probe
-sweep, the tune protocol's stage 1 and the final stage's seeds included).
+centroids (`Caches.centroids`, one k-means per backbone, sample, block, k and seed) and a frozen trunk's features of a
+split (`Caches.features`, one feature pass per backbone, task and split for a whole linear-probe sweep, the tune
+protocol's stage 1 and the final stage's seeds included); `bench.engine.Caches` holds both for the runs of a worker.
 
 Keys are digests of everything the value depends on, chosen by the caller, so a hit can only return what the same
-inputs would compute. Entries live in this process (the most recently used, up to `MEMORY_BYTES`) and, once
-`bench.scheduler` points `directory` at the results directory, on disk, where runs in other processes or on other
-machines of a cluster find them; files are written to a temporary name and renamed, so a killed run leaves no torn
-entry.
+inputs would compute. Entries live in this process (the most recently used, up to `MEMORY_BYTES`) and, with a
+`directory` (the results directory's, for `bench run`), on disk, where runs in other processes or on other machines
+of a cluster find them; files are written to a temporary name and renamed, so a killed run leaves no torn entry.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from pathlib import Path
 from typing import Callable, Union
 
 import torch
+
+from bench.atomic import replacing
 
 Value = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
@@ -48,10 +49,14 @@ class TensorCache:
             self.misses += 1
             value = _detached_cpu(compute())
             if self.directory is not None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                temporary = self.directory / f".{key}.{os.getpid()}.tmp"
-                torch.save(value, temporary)
-                temporary.replace(self.directory / f"{key}.pt")
+                # A write the disk refuses stops `bench` (see bench.atomic) rather than letting the run go on
+                # uncached: a full disk would refuse its record next, after the run's whole training.
+                with replacing(self.directory / f"{key}.pt", "a cache entry") as temporary:
+                    # Serialised in memory, then written as bytes: torch's own writer reports a short write as a
+                    # RuntimeError, a Python file as the OSError it is.
+                    serialised = io.BytesIO()
+                    torch.save(value, serialised)
+                    temporary.write_bytes(serialised.getbuffer())
         self._memory[key] = value  # re-inserted last: the dict's order is the recency order
         while len(self._memory) > 1 and sum(map(_nbytes, self._memory.values())) > MEMORY_BYTES:
             del self._memory[next(iter(self._memory))]

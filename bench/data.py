@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.decoded import DataPath
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -36,6 +39,11 @@ class Split(Protocol):
 
     def merged_with(self, other: "Split") -> "Split":
         """This split followed by `other` (the final stage trains on train+val)."""
+        ...
+
+    def with_data_path(self, data_path: DataPath) -> "Split":
+        """This split, reading decoded images through a run's `data_path` (a split of image files); a split held
+        in memory is itself."""
         ...
 
 
@@ -80,6 +88,9 @@ class TensorSplit:
     def merged_with(self, other: Split) -> TensorSplit:
         return TensorSplit(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
 
+    def with_data_path(self, data_path: DataPath) -> TensorSplit:
+        return self
+
 
 @dataclass
 class TaskData:
@@ -87,6 +98,11 @@ class TaskData:
     val: Split
     test: Split
     info: dict[str, Any] = field(default_factory=dict)
+
+    def with_data_path(self, data_path: DataPath) -> TaskData:
+        """The same splits, reading decoded images through one run's `data_path`."""
+        return TaskData(self.train.with_data_path(data_path), self.val.with_data_path(data_path),
+                        self.test.with_data_path(data_path), self.info)
 
 
 @dataclass(frozen=True)

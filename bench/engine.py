@@ -4,7 +4,7 @@
 The engine trains whatever the method marked learnable. When the method says its trunk is frozen (the linear probe),
 features of the train and val splits are extracted once and only the head trains on them; test features are
 extracted in the final evaluation, so the test split is read once, at the end. Train and val features are kept in
-`FEATURES`, so the other runs of a sweep (and the final stage's seeds) reuse one feature pass.
+the `Caches` the run is given, so the other runs of a sweep (and the final stage's seeds) reuse one feature pass.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,17 +28,38 @@ from bench.backbone import Backbone, LoadedBackbones
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Preprocess, Split, Task, TaskData, tensor_batches
-from bench.decoded import DECODED
+from bench.decoded import DataPath, DecodeCache
 from bench.method import METHODS, Adapted, BuildContext, Probe
 from bench.record import CpuShare, Memory, Metrics, ParamCounts, Provenance, RunRecord, TaskInfo, Throughput, WallClock
 
 EpochCallback = Callable[[int, int, float, float], None]
 
-# Frozen trunks' features of train/val splits, by everything they depend on; `bench.scheduler` points it at the
-# results directory.
-FEATURES = TensorCache()
-# Backbones this process has loaded: the runs a worker executes pay the checkpoint load once.
-BACKBONES_LOADED = LoadedBackbones()
+
+@dataclass
+class Caches:
+    """What the runs of one worker share, so that a sweep computes each of these once.
+
+    A run given no caches shares nothing: it gets empty ones, held in memory for that run alone. What a run read
+    from them is its own (its record's `data_path`), never kept here.
+
+    Attributes:
+        features: frozen trunks' features of train/val splits, by everything they depend on.
+        centroids: SPT's k-means centroids (see `methods.prompt`).
+        decoded: decoded image files of file-backed splits (see `bench.decoded`).
+        backbones: the backbones loaded, so that the runs a worker executes pay the checkpoint load once.
+    """
+
+    features: TensorCache = field(default_factory=TensorCache)
+    centroids: TensorCache = field(default_factory=TensorCache)
+    decoded: DecodeCache = field(default_factory=DecodeCache)
+    backbones: LoadedBackbones = field(default_factory=LoadedBackbones)
+
+    @classmethod
+    def for_results(cls, root: Path) -> Caches:
+        """Caches kept under `root/cache/`, where runs in other processes, or on other machines of a cluster, that
+        write to the same results directory find them; backbones are held in this process."""
+        return cls(TensorCache(root / "cache" / "features"), TensorCache(root / "cache" / "centroids"),
+                   DecodeCache(root / "cache" / "decoded"))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,6 +97,7 @@ class Prepared:
         train_batches: generator -> shuffled training batches (cached features or images).
         val_batches: () -> validation batches; None when the run does not score val (the final stage).
         probe_batch: the method's fixed probe images, preprocessed; None when the method measures nothing.
+        data_path: what this run's splits read from the decode cache.
     """
 
     spec: RunSpec
@@ -96,6 +118,7 @@ class Prepared:
     val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None
     probe_batch: torch.Tensor | None
     timers: dict[str, _Timer]
+    data_path: DataPath
 
 
 @dataclass
@@ -105,26 +128,28 @@ class Fitted:
 
 
 def run(
-    spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None, data_root: Path | None = None
+    spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None, data_root: Path | None = None,
+    caches: Caches | None = None,
 ) -> RunRecord:
     """Execute `spec` and return its record: prepare, fit, evaluate on test, record.
 
     `data_root` is where file-backed tasks find their datasets; it is not part of the spec (nor its id): the same
-    data may live in different places on different machines.
+    data may live in different places on different machines. `caches` are shared with the other runs of a worker;
+    without them the run computes everything itself.
     """
-    DECODED.drain()  # what the decode cache does from here on belongs to this run's record
-    prepared = prepare(spec, torch.device(device), data_root)
+    prepared = prepare(spec, torch.device(device), data_root, caches if caches is not None else Caches())
     fitted = fit(prepared, on_epoch)
     test_acc, test_seconds = evaluate(prepared)
     return record(prepared, fitted, test_acc, test_seconds)
 
 
-def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepared:
+def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Caches) -> Prepared:
     """Load the task and the backbone, let the method adapt it, and set up what each pass reads."""
     method = METHODS.get(spec.method)
     config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
     task = TASKS.get(spec.task)
-    data = task.load(data_root)
+    data_path = DataPath(caches.decoded)
+    data = task.load(data_root).with_data_path(data_path)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
     # only stage that reads test; `fixed` trains on train, follows val and reports test.
     train_split = data.train.merged_with(data.val) if spec.stage == "final" else data.train
@@ -132,7 +157,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepare
 
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
-    backbone = BACKBONES_LOADED.get(spec.backbone, spec.weights, drop_path=config.drop_path)
+    backbone = caches.backbones.get(spec.backbone, spec.weights, drop_path=config.drop_path)
     backbone.model.to(dev)
     preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std).to(dev)
     if _is_cuda(dev):
@@ -140,7 +165,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepare
 
     # Described before the method adapts it: methods that inject layers (peft's) add their parameters to the model.
     backbone_info = backbone.describe()
-    ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev)
+    ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev, caches.centroids)
     timers = {name: _Timer() for name in ("build", "feature_cache", "train", "eval", "test", "probe")}
     with timers["build"]:
         adapted = method.build(config, ctx)
@@ -160,9 +185,10 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepare
                   data.info, batch, dev.type)
         train_name = "train+val" if spec.stage == "final" else "train"
         with timers["feature_cache"]:
-            train_in = _cached_features(source, train_name, adapted.trunk, train_split, preprocess, batch, dev)
-            val_in = _cached_features(source, "val", adapted.trunk, data.val, preprocess, batch, dev) if scores_val \
-                else None
+            train_in = _cached_features(caches.features, source, train_name, adapted.trunk, train_split, preprocess,
+                                        batch, dev)
+            val_in = _cached_features(caches.features, source, "val", adapted.trunk, data.val, preprocess, batch,
+                                      dev) if scores_val else None
         model: nn.Module = adapted.head
         prepare_batch: Callable[[torch.Tensor], torch.Tensor] = _identity
         train_batches = lambda gen: tensor_batches(*train_in, batch, gen)  # noqa: E731
@@ -174,7 +200,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None) -> Prepare
         val_batches = (lambda: data.val.batches(batch, device=dev)) if scores_val else None  # noqa: E731
     return Prepared(spec, config, dev, task, data, train_split, backbone, backbone_info, preprocess, adapted,
                     _learnable(adapted), generator, model, prepare_batch, train_batches, val_batches, probe_batch,
-                    timers)
+                    timers, data_path)
 
 
 def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
@@ -258,7 +284,7 @@ def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: fl
         memory=_peak_memory(p.device),
         # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files;
         # empty when there was no cache and every pass decoded the files.
-        data_path=DECODED.drain(),
+        data_path=p.data_path.events,
         provenance=Provenance(**provenance(p.device), **_input_provenance(p.backbone, p.preprocess)),
     )
 
@@ -382,11 +408,11 @@ def warmup_cosine(
 
 
 def _cached_features(
-    source: tuple[Any, ...], split_name: str, trunk: nn.Module, split: Split, preprocess: Preprocess, batch_size: int,
-    dev: torch.device,
+    cache: TensorCache, source: tuple[Any, ...], split_name: str, trunk: nn.Module, split: Split,
+    preprocess: Preprocess, batch_size: int, dev: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     compute = lambda: _features(trunk, split, preprocess, batch_size, dev)  # noqa: E731
-    features, labels = FEATURES.get_or_compute(cache_key(source, split_name), compute)
+    features, labels = cache.get_or_compute(cache_key(source, split_name), compute)
     return features.to(dev), labels.to(dev)
 
 

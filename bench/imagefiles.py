@@ -5,16 +5,17 @@ from the run's generator in the main process, and each image is transformed unde
 only on shuffled (training) passes; unshuffled passes (evaluation, feature caching, SPT's image sample) use the
 deterministic eval pipeline. Both pipelines end at a uint8 tensor; `bench.data.Preprocess` normalises on the device.
 
-With a decode cache (`bench.decoded.DECODED`, set for every `bench run`), each pipeline's decoding happens once per
-split: unshuffled passes read the eval pipeline's stored output (the same pixels the files give), and a family whose
-training pipeline is a random-resized crop and flip stores whole images at `ImageTransforms.stored`² and crops them on
-the device (`bench.augment`), drawing the same order, seeds, boxes and flips from the generator as the file path.
+With a decode cache (a run's `bench.decoded.DataPath`, given by `with_data_path`; every `bench run` has one), each
+pipeline's decoding happens once per split: unshuffled passes read the eval pipeline's stored output (the same pixels
+the files give), and a family whose training pipeline is a random-resized crop and flip stores whole images at
+`ImageTransforms.stored`² and crops them on the device (`bench.augment`), drawing the same order, seeds, boxes and
+flips from the generator as the file path.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,7 +29,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from bench.augment import CropFlip
 from bench.data import Batch, Split, tensor_batches
-from bench.decoded import DECODED, Decoded, Joined
+from bench.decoded import DataPath, Decoded, Joined
 
 Item = tuple[Path, int]
 ImageTransform = Callable[[Image.Image], Image.Image]
@@ -121,6 +122,7 @@ class FileSplit:
             when there is one, serves such splits instead.
         parts: the splits this one was merged from; their decode-cache entries serve it (train+val is never
             decoded a second time).
+        data_path: the run's way to the decode cache; None decodes the files on every pass.
     """
 
     items: list[Item]
@@ -128,6 +130,7 @@ class FileSplit:
     workers: int = field(default_factory=default_workers)
     cache: bool = False
     parts: tuple["FileSplit", ...] = ()
+    data_path: DataPath | None = None
     _decoded: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
     _entries: dict[bool, Decoded | Joined | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -173,13 +176,17 @@ class FileSplit:
     def merged_with(self, other: Split) -> FileSplit:
         if not isinstance(other, FileSplit) or other.transforms is not self.transforms:
             raise TypeError("a file split merges only with a split of the same task")
-        return FileSplit(self.items + other.items, self.transforms, self.workers, self.cache, (self, other))
+        return FileSplit(self.items + other.items, self.transforms, self.workers, self.cache, (self, other),
+                         self.data_path)
+
+    def with_data_path(self, data_path: DataPath) -> FileSplit:
+        return replace(self, parts=tuple(part.with_data_path(data_path) for part in self.parts), data_path=data_path)
 
     def _stored(self, augment: bool) -> Decoded | Joined | None:
         """The decode-cache entry for this split's eval pipeline, or for its stored training images when
-        `augment`; None when the cache is off or over its bound, or when the training pipeline cannot run on the
-        device (it then stays on the file path)."""
-        if augment and self.transforms.device_crop is None:
+        `augment`; None without a decode cache, when the cache is off or over its bound, or when the training
+        pipeline cannot run on the device (it then stays on the file path)."""
+        if self.data_path is None or augment and self.transforms.device_crop is None:
             return None
         if augment not in self._entries:
             if self.parts:
@@ -187,8 +194,8 @@ class FileSplit:
                 self._entries[augment] = None if any(part is None for part in parts) else Joined(parts)
             else:
                 transform = self.transforms.store if augment else self.transforms.eval
-                self._entries[augment] = DECODED.get([path for path, _ in self.items], transform,
-                                                     _steps(transform), self.workers)
+                self._entries[augment] = self.data_path.get([path for path, _ in self.items], transform,
+                                                            _steps(transform), self.workers)
         return self._entries[augment]
 
     def _read(self, stored: Decoded | Joined, order: np.ndarray, seeds: list[int] | None, batch_size: int,

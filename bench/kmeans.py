@@ -20,8 +20,6 @@ import math
 
 import torch
 
-from bench.cache import TensorCache
-
 
 def squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """‖x_i − c_j‖² for every token and centre, clamped at 0 against rounding."""
@@ -115,6 +113,3 @@ def kmeans(
     best = min(starts, key=lambda centres: inertia(subset, centres))
     return lloyd(x, lloyd(subset, best, max_iters, TOL), refine_iters, TOL)
 
-
-# The process-wide cache SPT's k-means init uses; `bench.scheduler` points it at the results directory.
-CENTROIDS = TensorCache()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bench.backbone import Backbone
+from bench.cache import TensorCache
 from bench.config import TrainConfig
 from bench.data import Preprocess, Split
 from bench.registry import Registry
@@ -59,7 +60,12 @@ class Probe:
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a builder may use: the backbone, the task's training split, a seeded generator and the device."""
+    """What a builder may use: the backbone, the task's training split, a seeded generator and the device.
+
+    Attributes:
+        centroids: where SPT's k-means init keeps its centroids (the worker's, shared by a sweep's runs); a build
+            given none computes them afresh.
+    """
 
     backbone: Backbone
     num_classes: int
@@ -67,6 +73,7 @@ class BuildContext:
     preprocess: Preprocess
     generator: torch.Generator
     device: torch.device
+    centroids: TensorCache = field(default_factory=TensorCache)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ every fast path are checked for *correctness* in tests/test_perf_paths.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import multiprocessing
@@ -19,7 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from bench.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from bench.cache import TensorCache
 from bench.config import RunSpec
 from bench.data import TASKS, Preprocess
-from bench.decoded import DECODED
+from bench.decoded import DataPath, DecodeCache
 from bench.kmeans import inertia, kmeans
 from bench.method import METHODS, Adapted, BuildContext
 from bench.record import RunRecord
@@ -109,12 +108,13 @@ def harness_overhead(backbone: str, epochs: int, repeats: int) -> list[Figure]:
     """An engine epoch (its train timer plus its NMI probe, the probe's once-per-run codebook included) against a
     bare loop (forward, backward, AdamW step) over the same model and the same batches, already preprocessed."""
     figures = []
+    caches = engine.Caches()  # as in a worker: the backbone is loaded once
     for method in ("vpt-deep", "spt-deep"):
         spec = _spec(method, backbone, epochs)
         records: list[RunRecord] = []
 
         def through_engine() -> float:
-            records.append(engine.run(spec))
+            records.append(engine.run(spec, caches=caches))
             clock = records[-1].wallclock
             return (clock.train + clock.probe) / epochs
 
@@ -188,10 +188,11 @@ def linear_probe(backbone: str, repeats: int) -> list[Figure]:
     epochs = TASKS.get(TASK).epochs
     spec = _spec("linear", backbone, epochs)
     out: dict[str, Any] = {}
+    caches = engine.Caches()
 
     def cached() -> float:
-        engine.FEATURES.clear()  # each timed run extracts its own features
-        seconds, out["cached"] = _timed(lambda: engine.run(spec))
+        caches.features.clear()  # each timed run extracts its own features
+        seconds, out["cached"] = _timed(lambda: engine.run(spec, caches=caches))
         return seconds
 
     def naive() -> float:
@@ -203,8 +204,8 @@ def linear_probe(backbone: str, repeats: int) -> list[Figure]:
     # The FGVC/VTAB default is 100 epochs; the naive loop's extra epochs cost its measured median epoch each, the
     # cached run is simply run at 100 epochs.
     long_epochs = 100
-    engine.FEATURES.clear()
-    long_cached, _ = _timed(lambda: engine.run(_spec("linear", backbone, long_epochs)))
+    caches.features.clear()
+    long_cached, _ = _timed(lambda: engine.run(_spec("linear", backbone, long_epochs), caches=caches))
     epoch_cost = statistics.median(out["naive"]["curves"]["epoch_seconds"])
     long_naive = median["naive"] + (long_epochs - epochs) * epoch_cost
     return [
@@ -215,19 +216,19 @@ def linear_probe(backbone: str, repeats: int) -> list[Figure]:
                f"{long_naive:.1f} s / {long_cached:.1f} s", long_naive / long_cached, "≥ 10×", 10.0, higher=True,
                note=f"naive extrapolated: measured run + {long_epochs - epochs} × median epoch {epoch_cost:.2f} s"),
         Figure("linear probe: |test acc cached − naive| (points)", f"{gap:.2f}", gap, "≤ 0.5", 0.5),
-        _search_sweep(backbone, epochs, median["cached"]),
+        _search_sweep(backbone, epochs, median["cached"], caches),
     ]
 
 
-def _search_sweep(backbone: str, epochs: int, one_run: float) -> Figure:
+def _search_sweep(backbone: str, epochs: int, one_run: float, caches: engine.Caches) -> Figure:
     search = METHODS.get("linear").search
     specs = [recipes.make_spec("linear", TASK, backbone, 0, {"epochs": epochs, "lr": lr, "weight_decay": wd},
                                stage="tune")
              for lr in search["lr"] for wd in search["weight_decay"]]
-    engine.FEATURES.clear()
-    misses = engine.FEATURES.misses
-    sweep, _ = _timed(lambda: [engine.run(spec) for spec in specs])
-    passes = engine.FEATURES.misses - misses
+    caches.features.clear()
+    misses = caches.features.misses
+    sweep, _ = _timed(lambda: [engine.run(spec, caches=caches) for spec in specs])
+    passes = caches.features.misses - misses
     return Figure(f"linear: its {len(specs)}-point search grid through the engine vs {len(specs)} separate runs",
                   f"{sweep:.1f} s vs ≈{len(specs) * one_run:.1f} s ({passes} feature passes: train, val)",
                   len(specs) * one_run / sweep, "info",
@@ -441,16 +442,6 @@ def jpeg_fixture(root: Path, classes: int, per_class: dict[str, int], size: tupl
     return root
 
 
-@contextlib.contextmanager
-def _decode_cache_at(directory: Path | None) -> Iterator[None]:
-    saved = DECODED.directory
-    DECODED.directory = directory
-    try:
-        yield
-    finally:
-        DECODED.directory = saved
-
-
 def _epoch_rate(split: Any, device: torch.device | None, batch_size: int = 32) -> float:
     """Images per second of one shuffled pass over `split`, delivered to `device` (everything queued there done)."""
     start = time.perf_counter()
@@ -479,20 +470,20 @@ def data_path(root: Path, device: torch.device, repeats: int) -> list[Figure]:
     a GPU machine) and every image's box and flip; the crop itself is a handful of kernel launches per batch on the
     GPU. It must serve at least `HOST_TARGET` images/s.
     """
-    load = lambda: TASKS.get("cub").load(root)  # noqa: E731  (a fresh split: nothing held in memory)
-    with _decode_cache_at(None):
-        files = 1 / _epoch_rate(load().train, None)
-    with _decode_cache_at(root / "cache"):
-        split = load().train
-        next(split.image_batches(torch.tensor([0]), 1))  # builds the eval entry; the first epoch builds the other
-        DECODED.drain()
-        _epoch_rate(split, None)
-        built = [e["first_pass"] for e in DECODED.drain() if e["status"] == "built"]
-        median = interleaved({
-            "host": lambda: _host_seconds(load, device.type == "cuda"),
-            "device": lambda: 1 / _epoch_rate(load().train, device),
-            "eval": lambda: _eval_seconds(load),
-        }, repeats)
+    files = 1 / _epoch_rate(TASKS.get("cub").load(root).train, None)
+    decoded = DecodeCache(root / "cache")
+    # A fresh split, as each run gets: nothing held in memory but the cache's own memory maps.
+    load = lambda: TASKS.get("cub").load(root).with_data_path(DataPath(decoded))  # noqa: E731
+    split = load().train
+    next(split.image_batches(torch.tensor([0]), 1))  # builds the eval entry; the first epoch builds the other
+    split.data_path.events.clear()
+    _epoch_rate(split, None)
+    built = [e["first_pass"] for e in split.data_path.events if e["status"] == "built"]
+    median = interleaved({
+        "host": lambda: _host_seconds(load, device.type == "cuda"),
+        "device": lambda: 1 / _epoch_rate(load().train, device),
+        "eval": lambda: _eval_seconds(load),
+    }, repeats)
     rates = {name: 1 / seconds for name, seconds in median.items()}
     first = built[0] if built else {"images_per_s": float("nan"), "shape": []}
     count = len(split)
@@ -525,10 +516,10 @@ def fixed_cost(root: Path, backbone: str, device: torch.device) -> Figure:
     of two identical one-epoch vpt-deep runs, as the runs of a sweep after the first in one worker."""
     spec = recipes.make_spec("vpt-deep", "cub", backbone, 0, {"epochs": 1}, recipe=recipes.NONE)
     overheads = []
-    with _decode_cache_at(root / "cache"):
-        for _ in range(2):
-            seconds, record = _timed(lambda: engine.run(spec, str(device), data_root=root))
-            overheads.append(seconds - sum(record.wallclock.to_dict().values()))
+    caches = engine.Caches(decoded=DecodeCache(root / "cache"))
+    for _ in range(2):
+        seconds, record = _timed(lambda: engine.run(spec, str(device), data_root=root, caches=caches))
+        overheads.append(seconds - sum(record.wallclock.to_dict().values()))
     return Figure(f"per-run fixed cost, {backbone} (warm worker: backbone and decoded splits held)",
                   f"{overheads[1]:.2f} s (first run {overheads[0]:.2f} s)", overheads[1], "≤ 2 s", 2.0,
                   note="run wall-clock minus its timed parts (prompt construction, train, eval, probe)",
@@ -544,53 +535,53 @@ def engine_vs_bare(root: Path, backbone: str, device: torch.device, epochs: int)
     """Training and test inference through the engine against bare loops over the same model, batch size and
     precision, on batches already on the device (preprocessed), for vpt-deep and full."""
     figures = []
-    with _decode_cache_at(root / "cache"):
-        for method in ("vpt-deep", "full"):
-            spec = recipes.make_spec(method, "cub", backbone, 0, {"epochs": epochs}, recipe=recipes.NONE)
-            record = engine.run(spec, str(device), data_root=root)
-            batch = spec.hparams["batch_size"]
-            data = TASKS.get("cub").load(root)
-            torch.manual_seed(0)
-            bb = engine.BACKBONES_LOADED.get(backbone)
-            bb.model.to(device)
-            preprocess = Preprocess(bb.input_size, bb.mean, bb.std).to(device)
-            config = METHODS.get(method).config_cls.from_overrides(spec.hparams)
-            ctx = BuildContext(bb, TASKS.get("cub").num_classes, data.train, preprocess,
-                               torch.Generator().manual_seed(0), device)
-            adapted = METHODS.get(method).build(config, ctx)
-            model = nn.Sequential(adapted.trunk, adapted.head).to(device).train()
-            train = _bare_batches(data.train, preprocess, batch, device, torch.Generator().manual_seed(0))
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    caches = engine.Caches(decoded=DecodeCache(root / "cache"))
+    for method in ("vpt-deep", "full"):
+        spec = recipes.make_spec(method, "cub", backbone, 0, {"epochs": epochs}, recipe=recipes.NONE)
+        record = engine.run(spec, str(device), data_root=root, caches=caches)
+        batch = spec.hparams["batch_size"]
+        data = TASKS.get("cub").load(root).with_data_path(DataPath(caches.decoded))
+        torch.manual_seed(0)
+        bb = caches.backbones.get(backbone)
+        bb.model.to(device)
+        preprocess = Preprocess(bb.input_size, bb.mean, bb.std).to(device)
+        config = METHODS.get(method).config_cls.from_overrides(spec.hparams)
+        ctx = BuildContext(bb, TASKS.get("cub").num_classes, data.train, preprocess,
+                           torch.Generator().manual_seed(0), device)
+        adapted = METHODS.get(method).build(config, ctx)
+        model = nn.Sequential(adapted.trunk, adapted.head).to(device).train()
+        train = _bare_batches(data.train, preprocess, batch, device, torch.Generator().manual_seed(0))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-            def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            with engine.mixed_precision(device):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step(*train[0])
+        bare_train = _device_rate(device, lambda: [step(x, y) for x, y in train], len(data.train))
+        test = _bare_batches(data.test, preprocess, batch, device, None)
+        model.eval()
+
+        @torch.no_grad()
+        def infer() -> None:
+            for x, _ in test:
                 with engine.mixed_precision(device):
-                    loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                    model(x).argmax(1)
 
-            step(*train[0])
-            bare_train = _device_rate(device, lambda: [step(x, y) for x, y in train], len(data.train))
-            test = _bare_batches(data.test, preprocess, batch, device, None)
-            model.eval()
-
-            @torch.no_grad()
-            def infer() -> None:
-                for x, _ in test:
-                    with engine.mixed_precision(device):
-                        model(x).argmax(1)
-
-            bare_test = _device_rate(device, infer, len(data.test))
-            ours = record.throughput
-            figures += [
-                Figure(f"{method} on {backbone}: engine / bare training loop (img/s)",
-                       f"{ours.train_images_per_s:,.0f} / {bare_train:,.0f}",
-                       ours.train_images_per_s / bare_train, "≥ 0.9×", 0.9, higher=True,
-                       note=f"batch {batch}, {epochs} epoch(s), decode cache warm"),
-                Figure(f"{method} on {backbone}: engine test inference / bare no-grad loop (img/s)",
-                       f"{ours.test_images_per_s:,.0f} / {bare_test:,.0f}",
-                       ours.test_images_per_s / bare_test, "≥ 0.8×", 0.8, higher=True),
-            ]
+        bare_test = _device_rate(device, infer, len(data.test))
+        ours = record.throughput
+        figures += [
+            Figure(f"{method} on {backbone}: engine / bare training loop (img/s)",
+                   f"{ours.train_images_per_s:,.0f} / {bare_train:,.0f}",
+                   ours.train_images_per_s / bare_train, "≥ 0.9×", 0.9, higher=True,
+                   note=f"batch {batch}, {epochs} epoch(s), decode cache warm"),
+            Figure(f"{method} on {backbone}: engine test inference / bare no-grad loop (img/s)",
+                   f"{ours.test_images_per_s:,.0f} / {bare_test:,.0f}",
+                   ours.test_images_per_s / bare_test, "≥ 0.8×", 0.8, higher=True),
+        ]
     return figures
 
 

@@ -25,10 +25,9 @@ from filelock import FileLock, Timeout
 from joblib import Parallel, delayed, parallel_config
 
 from bench import BenchError, recipes
+from bench.atomic import WriteFailed
 from bench.config import RunSpec
-from bench.decoded import DECODED
-from bench.engine import FEATURES, run
-from bench.kmeans import CENTROIDS
+from bench.engine import Caches, run
 from bench.method import METHODS
 from bench.record import RunRecord
 from bench.store import Store
@@ -355,15 +354,14 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
             import torch
 
             torch.set_num_threads(threads)
-        # Shared by every run of a sweep, in any process that sees this results directory (see bench.cache).
-        CENTROIDS.directory = execution.store.root / "cache" / "centroids"
-        FEATURES.directory = execution.store.root / "cache" / "features"
-        DECODED.directory = execution.store.root / "cache" / "decoded"
         if hooks is not None:
             hooks.run_started(spec)
         on_epoch = (lambda e, n, loss, acc: hooks.epoch(spec, e, n, loss, acc)) if hooks is not None else None
         try:
-            record = run(spec, device=_device(execution), on_epoch=on_epoch, data_root=execution.data_root)
+            record = run(spec, device=_device(execution), on_epoch=on_epoch, data_root=execution.data_root,
+                         caches=_caches(execution.store.root))
+        except WriteFailed:
+            raise  # the disk's failure, not the run's: it stops the grid, and a rerun runs this run again
         except Exception as exc:  # any failure of one run is recorded; the grid goes on
             error = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
             record = RunRecord.failed(spec, error, "".join(traceback.format_exc(limit=-6)))
@@ -379,11 +377,17 @@ def _device(execution: Execution) -> str:
         return execution.device
     import torch
 
-    if not _worker_gpu:
-        claimed = claim_gpu(execution.store.root / "locks", torch.cuda.device_count(), execution.jobs)
-        if claimed is not None:
-            _worker_gpu.append(claimed)
-    return _worker_gpu[0][1] if _worker_gpu else execution.device
+    if _WORKER.gpu is None:
+        _WORKER.gpu = claim_gpu(execution.store.root / "locks", torch.cuda.device_count(), execution.jobs)
+    return _WORKER.gpu[1] if _WORKER.gpu is not None else execution.device
+
+
+def _caches(results: Path) -> Caches:
+    """The caches of `results` this worker process holds; one results folder's at a time, since a worker serves
+    one `bench run` (the held features and backbones of another folder would only take memory)."""
+    if _WORKER.caches is None or _WORKER.caches[0] != results:
+        _WORKER.caches = (results, Caches.for_results(results))
+    return _WORKER.caches[1]
 
 
 def claim_gpu(locks: Path, gpus: int, jobs: int) -> tuple[FileLock, str] | None:
@@ -402,5 +406,18 @@ def claim_gpu(locks: Path, gpus: int, jobs: int) -> tuple[FileLock, str] | None:
     return None
 
 
-# The GPU this worker process claimed, with the lock that holds it until the process exits.
-_worker_gpu: list[tuple[FileLock, str]] = []
+@dataclass
+class _Worker:
+    """What a worker process (loky's, a Dask worker, or this one with one job) keeps across the runs it executes.
+    Only this module reads or writes it.
+
+    Attributes:
+        gpu: the GPU it claimed, with the lock that holds it until the process exits.
+        caches: the results folder it runs for, and the caches its runs share.
+    """
+
+    gpu: tuple[FileLock, str] | None = None
+    caches: tuple[Path, Caches] | None = None
+
+
+_WORKER = _Worker()

@@ -10,13 +10,13 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from bench import BenchError
+from bench.atomic import replacing
 from bench.record import COLUMNS, RecordError, RunRecord, hp_column
 
 RECORDS = "runs"
@@ -91,16 +91,10 @@ class Store:
         except OSError as exc:
             raise BenchError(f"cannot create results directory {self.runs}: {exc.strerror}; pass --results DIR") from None
         target = self.path(record.id)
-        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=f".{record.id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record.to_dict(), fh, indent=1, sort_keys=True, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(target, f"the record of run {record.id}") as temporary, open(temporary, "w") as fh:
+            json.dump(record.to_dict(), fh, indent=1, sort_keys=True, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
         return target
 
     def records(self) -> list[RunRecord]:

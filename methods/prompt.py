@@ -35,7 +35,7 @@ from torch import nn
 from bench import BenchError, nmi
 from bench import kmeans as km
 from bench.backbone import embed, pool_features, with_position
-from bench.cache import cache_key
+from bench.cache import TensorCache, cache_key
 from bench.config import TrainConfig, _check
 from bench.method import METHODS, Adapted, BuildContext, Probe, StartsAsBackbone, linear_head, register_method
 from bench.registry import Registry
@@ -133,10 +133,12 @@ class InitContext:
 
     Attributes:
         source: digest of what determines this block's tokens (backbone, drawn images, block, device), for caches.
+        centroids: the build's k-means centroid cache.
     """
 
     generator: torch.Generator
     source: str
+    centroids: TensorCache
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def _kmeans(drawn: torch.Tensor, n: int, ctx: InitContext) -> torch.Tensor:
     seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
     key = cache_key(ctx.source, n, seed, km.SAMPLE, km.SEED_SAMPLE, km.RESTARTS, km.TOL, km.REFINE_ITERS)
     compute = lambda: km.kmeans(drawn, n, torch.Generator().manual_seed(seed))  # noqa: E731
-    return km.CENTROIDS.get_or_compute(key, compute)
+    return ctx.centroids.get_or_compute(key, compute)
 
 
 INITIALISERS.register("sampled", Initialiser(_tokens, _patches, _n, _as_drawn),
@@ -303,7 +305,7 @@ def construct_prompts(config: SPTConfig, ctx: BuildContext, layers: int) -> tupl
     prompts = []
     for block in range(layers):
         source = cache_key(backbone, digest.hexdigest(), block, keep, ctx.device.type)
-        block_ctx = InitContext(ctx.generator, source)
+        block_ctx = InitContext(ctx.generator, source, ctx.centroids)
         prompts.append(strategy.finish(drawn[block].to(ctx.device), n, block_ctx).float().cpu())
     return torch.stack(prompts), {"init": config.init, "init_images": count, "tokens_per_block": keep}
 

@@ -20,22 +20,10 @@ import bench.methods  # noqa: E402,F401  (registers the methods)
 import bench.tasks  # noqa: E402,F401  (registers the tasks)
 from bench.backbone import BACKBONES, BackboneEntry, load_backbone  # noqa: E402
 from bench.data import TASKS, Task, TaskData, TensorSplit  # noqa: E402
-from bench.engine import FEATURES  # noqa: E402
-from bench.kmeans import CENTROIDS  # noqa: E402
 from bench.registry import Entry  # noqa: E402
 
 torch.set_num_threads(1)
 
-
-@pytest.fixture(autouse=True)
-def fresh_caches(monkeypatch):
-    """Each test starts with the empty, memory-only caches of a fresh process: tests register different data under
-    the same task names, and a grid test points the caches at its own results directory."""
-    for cache in (FEATURES, CENTROIDS):
-        monkeypatch.setattr(cache, "_memory", {})
-        monkeypatch.setattr(cache, "directory", None)
-        monkeypatch.setattr(cache, "hits", 0)
-        monkeypatch.setattr(cache, "misses", 0)
 
 # A ViT small enough that a forward pass on a handful of 32×32 images takes milliseconds.
 TINY_ARCH = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)

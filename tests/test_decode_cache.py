@@ -21,7 +21,8 @@ from torchvision.transforms import functional as TF
 from bench import engine
 from bench.augment import CropFlip
 from bench.backbone import LoadedBackbones, load_backbone
-from bench.decoded import DECODED, LIMIT_ENV, DecodeCache
+from bench.decoded import LIMIT_ENV, DataPath, DecodeCache
+from bench.engine import Caches
 from bench.imagefiles import FileSplit
 from bench.recipes import make_spec
 from bench.scheduler import claim_gpu
@@ -29,12 +30,9 @@ from bench.tasks.fgvc import TRANSFORMS
 
 
 @pytest.fixture
-def decode_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DecodeCache:
-    """The process-wide decode cache pointed at a fresh folder for one test, as `bench run` points it."""
-    monkeypatch.setattr(DECODED, "directory", tmp_path / "decoded")
-    monkeypatch.setattr(DECODED, "events", [])
-    monkeypatch.setattr(DECODED, "_open", {})
-    return DECODED
+def data_path(tmp_path: Path) -> DataPath:
+    """A run's way to a decode cache in a fresh folder, as `bench run` gives each run one."""
+    return DataPath(DecodeCache(tmp_path / "decoded"))
 
 
 def smooth_image(path: Path, width: int, height: int, seed: int) -> Path:
@@ -83,17 +81,14 @@ def test_drawing_boxes_leaves_the_callers_random_stream_alone() -> None:
 
 @pytest.mark.parametrize("width,height,mean_limit", [(256, 256, 0.75), (300, 210, 1.0)])
 def test_device_crops_match_the_file_paths_crops_within_interpolation_error(
-    tmp_path: Path, decode_cache: DecodeCache, width: int, height: int, mean_limit: float
+    tmp_path: Path, data_path: DataPath, width: int, height: int, mean_limit: float
 ) -> None:
     """At 256×256 the cache stores the file's own pixels, so the two paths differ only by their bicubic kernels
     (PIL's a = -0.5, torch's a = -0.75); other sizes add the cache's resize to 256×256."""
     items = [(smooth_image(tmp_path / f"img{i}.png", width, height, seed=i), i % 3) for i in range(8)]
-    split = FileSplit(items, TRANSFORMS, workers=0)
-    decode_cache.directory, directory = None, decode_cache.directory
-    from_files = file_batches(split, seed=3)
-    decode_cache.directory = directory
-    from_cache = file_batches(FileSplit(items, TRANSFORMS, workers=0), seed=3)
-    assert [e["status"] for e in decode_cache.drain()] == ["built"]
+    from_files = file_batches(FileSplit(items, TRANSFORMS, workers=0), seed=3)
+    from_cache = file_batches(FileSplit(items, TRANSFORMS, workers=0, data_path=data_path), seed=3)
+    assert [e["status"] for e in data_path.events] == ["built"]
     for (a, labels_a), (b, labels_b) in zip(from_files, from_cache):
         assert torch.equal(labels_a, labels_b), "same order"
         difference = (a.float() - b.float()).abs()
@@ -102,15 +97,13 @@ def test_device_crops_match_the_file_paths_crops_within_interpolation_error(
         assert difference.flatten(1).mean(1).max() < 2 * mean_limit
 
 
-def test_evaluation_from_the_cache_equals_evaluation_from_the_files(tmp_path: Path, decode_cache: DecodeCache) -> None:
+def test_evaluation_from_the_cache_equals_evaluation_from_the_files(tmp_path: Path) -> None:
     fx.fgvc_vpt_json(tmp_path / "data", sizes={"train": 3, "val": 2, "test": 2})
     spec = make_spec("linear", "cub", "micro-vit", 0, {"epochs": 2}, stage="final")
-    decode_cache.directory, directory = None, decode_cache.directory
     from_files = engine.run(spec, data_root=tmp_path / "data")
-    assert from_files.data_path == []
-    decode_cache.directory = directory
-    engine.FEATURES.clear()  # this run extracts its features again, from the cache
-    from_cache = engine.run(spec, data_root=tmp_path / "data")
+    assert from_files.data_path == [], "a run given no caches decodes its files"
+    caches = Caches(decoded=DecodeCache(tmp_path / "decoded"))
+    from_cache = engine.run(spec, data_root=tmp_path / "data", caches=caches)
     # The linear probe reads only unshuffled passes: train+val features, then test. Same pixels, same record.
     assert from_cache.curves == from_files.curves and from_cache.metrics == from_files.metrics
     statuses = sorted((e["images"], e["status"]) for e in from_cache.data_path)
@@ -118,20 +111,19 @@ def test_evaluation_from_the_cache_equals_evaluation_from_the_files(tmp_path: Pa
     first = next(e for e in from_cache.data_path if e["status"] == "built")
     assert first["first_pass"]["seconds"] > 0 and first["first_pass"]["images_per_s"] > 0
 
-    engine.FEATURES.clear()
-    again = engine.run(spec, data_root=tmp_path / "data")
+    caches.features.clear()  # this run extracts its features again, from the decode cache
+    again = engine.run(spec, data_root=tmp_path / "data", caches=caches)
     assert {e["status"] for e in again.data_path} == {"read"}, "a later run builds nothing"
     assert again.metrics == from_files.metrics
 
 
-def test_train_plus_val_reads_the_entries_of_train_and_val(tmp_path: Path, decode_cache: DecodeCache) -> None:
+def test_train_plus_val_reads_the_entries_of_train_and_val(tmp_path: Path, data_path: DataPath) -> None:
     train = FileSplit([(fx.write_image(tmp_path / f"t{i}.jpg"), i) for i in range(5)], TRANSFORMS, workers=0)
     val = FileSplit([(fx.write_image(tmp_path / f"v{i}.jpg"), i) for i in range(3)], TRANSFORMS, workers=0)
-    merged = train.merged_with(val)
+    merged = train.with_data_path(data_path).merged_with(val.with_data_path(data_path))
     expected = FileSplit(train.items + val.items, TRANSFORMS, workers=0)
-    decode_cache.directory, directory = None, decode_cache.directory
     plain = [file_batches(expected, seed) for seed in (None, 1)]
-    decode_cache.directory = directory
+    directory = data_path.cache.directory
     assert [torch.equal(a[0], b[0]) for a, b in zip(plain[0], file_batches(merged, None))] == [True, True]
     shuffled = file_batches(merged, 1)
     assert [torch.equal(a[1], b[1]) for a, b in zip(plain[1], shuffled)] == [True, True], "same order, same labels"
@@ -143,51 +135,55 @@ def test_train_plus_val_reads_the_entries_of_train_and_val(tmp_path: Path, decod
 def test_an_entry_is_built_once_and_again_when_a_file_changes(tmp_path: Path) -> None:
     paths = [fx.write_image(tmp_path / f"img{i}.jpg") for i in range(3)]
     steps = ["eval"]
-    first = DecodeCache(tmp_path / "cache")
+    first = DataPath(DecodeCache(tmp_path / "cache"))
     entry = first.get(paths, TRANSFORMS.eval, steps, workers=0)
-    other_process = DecodeCache(tmp_path / "cache")
+    other_process = DataPath(DecodeCache(tmp_path / "cache"))
     assert np.array_equal(other_process.get(paths, TRANSFORMS.eval, steps, workers=0).images, entry.images)
-    assert [e["status"] for e in first.drain() + other_process.drain()] == ["built", "read"]
+    assert [e["status"] for e in first.events + other_process.events] == ["built", "read"]
     assert entry.sizes.tolist() == [list(Image.open(p).size[::-1]) for p in paths]
 
     stat = paths[1].stat()
     os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    other_process.get(paths, TRANSFORMS.eval, steps, workers=0)
-    assert [e["status"] for e in other_process.drain()] == ["built"], "a rewritten file is a new entry"
-    other_process.get(paths, TRANSFORMS.eval, ["other steps"], workers=0)
-    assert [e["status"] for e in other_process.drain()] == ["built"], "another pipeline is a new entry"
+    rewritten = DataPath(other_process.cache)
+    rewritten.get(paths, TRANSFORMS.eval, steps, workers=0)
+    assert [e["status"] for e in rewritten.events] == ["built"], "a rewritten file is a new entry"
+    other_steps = DataPath(other_process.cache)
+    other_steps.get(paths, TRANSFORMS.eval, ["other steps"], workers=0)
+    assert [e["status"] for e in other_steps.events] == ["built"], "another pipeline is a new entry"
 
 
 def test_a_split_past_the_cache_bound_decodes_its_files_and_its_record_says_so(
-    tmp_path: Path, decode_cache: DecodeCache, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     items = [(fx.write_image(tmp_path / f"img{i}.jpg"), 0) for i in range(4)]
+    cache = DecodeCache(tmp_path / "decoded")
     monkeypatch.setenv(LIMIT_ENV, str(3 * 224 * 224 * 3 / 2**30))  # room for three eval images, not four
-    split = FileSplit(items, TRANSFORMS, workers=0)
-    batches = file_batches(split, None)
-    (event,) = decode_cache.drain()
+    refused = DataPath(cache)
+    batches = file_batches(FileSplit(items, TRANSFORMS, workers=0, data_path=refused), None)
+    (event,) = refused.events
     assert event["status"].startswith("over limit") and event["needed_bytes"] == 4 * 224 * 224 * 3
     assert LIMIT_ENV in capsys.readouterr().err
-    assert not list(decode_cache.directory.glob("*/images.npy"))
+    assert not list(cache.directory.glob("*/images.npy"))
     monkeypatch.delenv(LIMIT_ENV)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, file_batches(FileSplit(items, TRANSFORMS), None)))
-    assert [e["status"] for e in decode_cache.drain()] == ["built"], "within the default bound it is cached"
+    cached = DataPath(cache)
+    from_cache = file_batches(FileSplit(items, TRANSFORMS, data_path=cached), None)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, from_cache))
+    assert [e["status"] for e in cached.events] == ["built"], "within the default bound it is cached"
     monkeypatch.setenv(LIMIT_ENV, "0")
-    file_batches(FileSplit(items, TRANSFORMS, workers=0), None)
-    assert decode_cache.drain() == [], "0: the cache is off, not even read"
+    off = DataPath(cache)
+    file_batches(FileSplit(items, TRANSFORMS, workers=0, data_path=off), None)
+    assert off.events == [], "0: the cache is off, not even read"
 
 
-def test_a_worker_loads_a_backbone_once_and_every_run_gets_an_unmodified_copy(
-    tiny_registered, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_worker_loads_a_backbone_once_and_every_run_gets_an_unmodified_copy(tiny_registered) -> None:
     backbone, task = tiny_registered
-    monkeypatch.setattr(engine, "BACKBONES_LOADED", LoadedBackbones())
+    caches = Caches()
     spec = make_spec("full", task, backbone, 0, {"epochs": 1, "lr": 0.01})
-    first, second = engine.run(spec), engine.run(spec)
-    assert engine.BACKBONES_LOADED.loads == 1
+    first, second = engine.run(spec, caches=caches), engine.run(spec, caches=caches)
+    assert caches.backbones.loads == 1
     # Full fine-tuning trains every backbone weight; had it trained the held copy, the second run would differ.
     assert first.curves == second.curves and first.metrics == second.metrics
-    held = engine.BACKBONES_LOADED.get(backbone)
+    held = caches.backbones.get(backbone)
     fresh = load_backbone(backbone)
     assert all(torch.equal(a, b) for a, b in zip(held.model.state_dict().values(), fresh.model.state_dict().values()))
 
@@ -217,12 +213,10 @@ def test_workers_spread_over_the_gpus_and_share_one_when_there_are_more_jobs(tmp
     assert claim_gpu(tmp_path / "two", gpus=2, jobs=4)[1] == "cuda:1", "a worker that exits frees its slot"
 
 
-def test_a_prompted_fgvc_run_trains_on_device_side_crops_of_the_cached_images(
-    tmp_path: Path, decode_cache: DecodeCache
-) -> None:
+def test_a_prompted_fgvc_run_trains_on_device_side_crops_of_the_cached_images(tmp_path: Path) -> None:
     fx.fgvc_vpt_json(tmp_path / "data", sizes={"train": 3, "val": 1, "test": 1})
     spec = make_spec("vpt-deep", "cub", "micro-vit", 0, {"epochs": 2})
-    record = engine.run(spec, data_root=tmp_path / "data")
+    record = engine.run(spec, data_root=tmp_path / "data", caches=Caches.for_results(tmp_path / "results"))
     assert record.status == "done" and len(record.curves["train_loss"]) == 2
     (stored,) = [e for e in record.data_path if "(256, 256)" in e["steps"][0]]
     assert stored["status"] == "built" and stored["images"] == 9
@@ -234,4 +228,4 @@ def test_a_bound_that_is_not_a_number_is_one_clear_error(tmp_path: Path, monkeyp
 
     monkeypatch.setenv(LIMIT_ENV, "lots")
     with pytest.raises(BenchError, match=f"{LIMIT_ENV}='lots' is not a number.*GiB"):
-        DecodeCache(tmp_path).get([fx.write_image(tmp_path / "a.jpg")], TRANSFORMS.eval, ["eval"], workers=0)
+        DataPath(DecodeCache(tmp_path)).get([fx.write_image(tmp_path / "a.jpg")], TRANSFORMS.eval, ["eval"], workers=0)

@@ -208,6 +208,9 @@ class GuardedSplit:
         self._read("merged_with")
         return self.inner.merged_with(other)
 
+    def with_data_path(self, data_path):
+        return self  # reads nothing: the run's decode cache serves image files, and this split holds tensors
+
 
 @pytest.fixture
 def guarded_task(tiny_registered, monkeypatch):

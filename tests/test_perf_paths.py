@@ -11,7 +11,8 @@ import torch
 
 from bench import engine
 from bench.cache import TensorCache
-from bench.kmeans import CENTROIDS, inertia, kmeans
+from bench.engine import Caches
+from bench.kmeans import inertia, kmeans
 from bench.method import METHODS
 from bench.perf import naive_frozen_probe, vit_b_like_tokens
 from bench.recipes import make_spec
@@ -33,24 +34,20 @@ def test_a_linear_sweep_shares_one_feature_pass_and_each_run_equals_one_that_ext
 ):
     backbone, task = tiny_registered
     sweep = [make_spec("linear", task, backbone, 0, {"epochs": 2, "lr": lr}, stage="tune") for lr in (0.1, 0.01)]
-    engine.FEATURES.directory = tmp_path
-    shared = [engine.run(spec) for spec in sweep]
-    assert (engine.FEATURES.misses, engine.FEATURES.hits) == (2, 2), "train and val features once, for both runs"
+    worker = Caches(features=TensorCache(tmp_path))
+    shared = [engine.run(spec, caches=worker) for spec in sweep]
+    assert (worker.features.misses, worker.features.hits) == (2, 2), "train and val features once, for both runs"
     assert len(list(tmp_path.glob("*.pt"))) == 2
     assert shared[0].curves != shared[1].curves, "different learning rates train different heads"
 
-    engine.FEATURES.directory = None
     for spec, record in zip(sweep, shared):
-        engine.FEATURES.clear()
-        alone = engine.run(spec)
+        alone = engine.run(spec)  # no caches given: it extracts its own features
         assert alone.curves == record.curves and alone.metrics == record.metrics
 
     # Another process (an empty memory) on the same results directory reads the features from disk.
-    engine.FEATURES.clear()
-    engine.FEATURES.directory = tmp_path
-    misses = engine.FEATURES.misses
-    assert engine.run(sweep[1]).curves == shared[1].curves
-    assert engine.FEATURES.misses == misses
+    other_process = Caches(features=TensorCache(tmp_path))
+    assert engine.run(sweep[1], caches=other_process).curves == shared[1].curves
+    assert (other_process.features.misses, other_process.features.hits) == (0, 2)
 
 
 def test_fast_kmeans_inertia_within_one_percent_of_sklearn_on_a_vit_b_like_problem():
@@ -76,7 +73,7 @@ def test_centroid_cache_hits_return_identical_centroids_and_keys_separate(tmp_pa
     assert cache.misses == 2
 
 
-def _spt_kmeans_prompts(micro_vit, seed: int) -> torch.Tensor:
+def _spt_kmeans_prompts(micro_vit, seed: int, centroids: TensorCache) -> torch.Tensor:
     from bench.data import Preprocess, TensorSplit
     from bench.method import BuildContext
 
@@ -86,20 +83,22 @@ def _spt_kmeans_prompts(micro_vit, seed: int) -> torch.Tensor:
     method = METHODS.get("spt-deep")
     config = method.config_cls.from_overrides({"init": "kmeans", "num_prompts": "3", "init_images": "4"})
     preprocess = Preprocess(micro_vit.input_size, micro_vit.mean, micro_vit.std)
-    ctx = BuildContext(micro_vit, 10, split, preprocess, torch.Generator().manual_seed(seed), torch.device("cpu"))
+    ctx = BuildContext(micro_vit, 10, split, preprocess, torch.Generator().manual_seed(seed), torch.device("cpu"),
+                       centroids)
     return method.build(config, ctx).trunk.prompts.detach()
 
 
 def test_spt_kmeans_init_is_cached_per_block_and_seed(micro_vit):
     blocks = len(micro_vit.model.blocks)
-    hits, misses = CENTROIDS.hits, CENTROIDS.misses
-    first = _spt_kmeans_prompts(micro_vit, seed=0)
-    assert (CENTROIDS.hits - hits, CENTROIDS.misses - misses) == (0, blocks)
-    assert torch.equal(_spt_kmeans_prompts(micro_vit, seed=0), first)
-    assert CENTROIDS.hits - hits == blocks
-    other = _spt_kmeans_prompts(micro_vit, seed=1)
-    assert CENTROIDS.misses - misses == 2 * blocks, "another seed is another key"
+    centroids = TensorCache()
+    first = _spt_kmeans_prompts(micro_vit, 0, centroids)
+    assert (centroids.hits, centroids.misses) == (0, blocks)
+    assert torch.equal(_spt_kmeans_prompts(micro_vit, 0, centroids), first)
+    assert centroids.hits == blocks
+    other = _spt_kmeans_prompts(micro_vit, 1, centroids)
+    assert centroids.misses == 2 * blocks, "another seed is another key"
     assert not torch.equal(other, first)
+    assert torch.equal(_spt_kmeans_prompts(micro_vit, 0, TensorCache()), first), "a hit gives what k-means computes"
 
 
 def test_the_memory_of_a_cache_keeps_the_most_recently_used_entries_within_its_byte_budget(monkeypatch):

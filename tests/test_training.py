@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from bench import engine
-from bench.backbone import load_backbone
+from bench.backbone import LoadedBackbones, load_backbone
 from bench.data import TASKS, Preprocess
+from bench.engine import Caches
 from bench.method import METHODS, BuildContext
 from bench.recipes import make_spec
 
-# The engine's real functions, captured before any test wraps them (spies must not wrap earlier spies).
-_REAL_LOAD_BACKBONE = engine.BACKBONES_LOADED.get
+# The engine's real optimiser factory, captured before any test wraps it (spies must not wrap earlier spies).
 _REAL_OPTIMIZER = engine._optimizer
 
 PROMPTED = ("vpt-shallow", "vpt-deep", "spt-shallow", "spt-deep")
@@ -33,34 +33,34 @@ def _intended(method: str, name: str) -> bool:
     return False
 
 
-class Spy:
-    """Wraps the engine's real backbone source and optimiser factory to keep hold of what they were given."""
+class Spy(LoadedBackbones):
+    """The engine's real backbone source (given to the run in its caches) and optimiser factory, keeping hold of
+    what they gave and were given."""
 
     def __init__(self, monkeypatch):
+        super().__init__()
         self.backbone = None
         self.backbone_at_load: dict[str, torch.Tensor] = {}
         self.learnable: list[tuple[str, nn.Parameter]] = []
         self.learnable_at_start: dict[str, torch.Tensor] = {}
-        real_load, real_optimizer = _REAL_LOAD_BACKBONE, _REAL_OPTIMIZER
-
-        def load(*args, **kwargs):
-            self.backbone = real_load(*args, **kwargs)
-            self.backbone_at_load = {k: v.detach().clone() for k, v in self.backbone.model.state_dict().items()}
-            return self.backbone
 
         def optimizer(learnable, config):
             self.learnable = list(learnable)
             self.learnable_at_start = {n: p.detach().clone() for n, p in self.learnable}
-            return real_optimizer(learnable, config)
+            return _REAL_OPTIMIZER(learnable, config)
 
-        monkeypatch.setattr(engine.BACKBONES_LOADED, "get", load)
         monkeypatch.setattr(engine, "_optimizer", optimizer)
+
+    def get(self, *args, **kwargs):
+        self.backbone = super().get(*args, **kwargs)
+        self.backbone_at_load = {k: v.detach().clone() for k, v in self.backbone.model.state_dict().items()}
+        return self.backbone
 
 
 def _run(spy_patch, backbone: str, task: str, method: str, seed: int = 0, **overrides):
     spy = Spy(spy_patch)
     overrides = {"epochs": "1", **{k: str(v) for k, v in overrides.items()}}
-    record = engine.run(make_spec(method, task, backbone, seed, overrides))
+    record = engine.run(make_spec(method, task, backbone, seed, overrides), caches=Caches(backbones=spy))
     return record, spy
 
 
