@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output directory (default RESULTS/report)")
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
     report.add_argument("--published", action="store_true",
-                        help="print published numbers (bench/published.csv) beside this run's: paper, this run, difference")
+                        help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
                         "CI; A, B: methods or variants as the summary labels them")
 

@@ -13,7 +13,7 @@ from bench.backbone import BACKBONES
 from bench.cli import main
 from bench.config import RunSpec
 from bench.method import METHODS
-from bench.published import compare_published, load_published, scope_tasks
+from bench.report import compare_published, load_published, scope_tasks
 from bench.report import load_runs, suites
 from bench.store import Store
 

@@ -1,6 +1,6 @@
 """Published reference numbers beside measured ones: `bench report --published` ("paper" vs "this run").
 
-`bench/published.csv` holds group means that papers report for methods of the registry, on the backbones the
+`bench/report/published.csv` holds group means that papers report for methods of the registry, on the backbones the
 registry names (ViT-B/16 pre-trained with MAE, MoCo v3 or supervised on ImageNet-21k), one row per number, each with
 the paper, the table it comes from and the page it was read from. Only numbers found in a readable source are there.
 
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.report import suites
+from bench.report.tables import suites
 
 PUBLISHED = Path(__file__).parent / "published.csv"
 COLUMNS = ["backbone", "method", "scope", "paper", "this run", "difference", "source"]
