@@ -148,8 +148,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     report = build_report(args.results, args.out or args.results / "report", formats, pair, args.published)
     console.print(to_rich(report.summary))
-    if report.published is not None and not report.published.empty:
-        console.print(_frame_table(report.published.round(2), "published (paper) vs this run, group means (%)"))
+    if report.published is not None:
+        console.print(to_rich(report.published))
     for note in report.notes:
         console.print(f"note: {note}", style="dim", highlight=False, markup=False)
     for path in report.paths:

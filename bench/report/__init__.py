@@ -12,15 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from bench import BenchError
 from bench.report.comparison import Comparison, compare
 from bench.report.figures import (
     FIGURES, INIT_ORDER, SHARED_CORES_BELOW, fig_backbone_size, fig_data_fraction, fig_init_ablation, fig_nmi,
     fig_pareto, fig_prompt_length, fig_val_curves, init_ablation_stats, val_curves,
 )
-from bench.report.published import compare_published, load_published, scope_tasks, write_published
+from bench.report.published import compare_published, load_published, published_table, scope_tasks
 from bench.report.rendering import FORMATS, to_frame, to_latex, to_markdown, to_rich, write_table
 from bench.report.tables import (
     Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs, natural_key,
@@ -34,8 +32,8 @@ __all__ = [
     "Report", "Suite", "Table", "budget_table", "build_report", "compare", "compare_published", "convergence_table",
     "fig_backbone_size", "fig_data_fraction", "fig_init_ablation", "fig_nmi", "fig_pareto", "fig_prompt_length",
     "fig_val_curves", "init_ablation_stats", "last_third_gain", "load_published", "load_runs", "natural_key",
-    "scope_tasks", "suite_table", "suites", "summary_table", "to_frame", "to_latex", "to_markdown", "to_rich",
-    "val_curves", "write_table",
+    "published_table", "scope_tasks", "suite_table", "suites", "summary_table", "to_frame", "to_latex", "to_markdown",
+    "to_rich", "val_curves", "write_table",
 ]
 
 
@@ -45,7 +43,7 @@ class Report:
     paths: list[Path]
     notes: list[str]
     comparison: Comparison | None
-    published: pd.DataFrame | None = None
+    published: Table | None = None  # when asked for, and some published number matched
 
 
 def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = FORMATS,
@@ -92,12 +90,13 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
             paths += made
     beside = None
     if published:
-        beside = compare_published(runs, load_published())
-        if beside.empty:
+        matched = compare_published(runs, load_published())
+        if matched.empty:
             notes.append("published table skipped: no recorded method, backbone and complete task group matches a "
                          "published number (bench/report/published.csv)")
         else:
-            paths += write_published(beside, out, formats)
+            beside = published_table(matched)
+            paths += write_table(beside, out, formats)
     notes += _drop_stale(out, paths, attempted_published=published)
     return Report(summary, paths, notes, comparison, beside)
 

@@ -14,12 +14,11 @@ A measured scope mean is shown only when every task of the scope has a record, a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.report.tables import suites
+from bench.report.tables import Cell, Column, Table, suites
 
 PUBLISHED = Path(__file__).parent / "published.csv"
 COLUMNS = ["backbone", "method", "scope", "paper", "this run", "difference", "source"]
@@ -58,36 +57,20 @@ def compare_published(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _tex(text: str) -> str:
-    return str(text).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
-
-
-def _cells(row: pd.Series) -> list[str]:
-    return [row["backbone"], row["method"], row["scope"], f"{row['paper']:.2f}", f"{row['this run']:.2f}",
-            f"{row['difference']:+.2f}", row["source"]]
-
-
-CAPTION = ("Published vs this run: group means of test accuracy (%). Paper: the number as the cited table reports "
+# In LaTeX, as every table's caption; `bench.report.rendering` turns it into Markdown.
+CAPTION = ("Published vs this run: group means of test accuracy (\\%). Paper: the number as the cited table reports "
            "it; this run: the mean over the scope's tasks of each task's mean over seeds; difference: this run − "
            "paper. Scope vtab: all 19 VTAB-1k tasks with equal weight.")
 
 
-def write_published(frame: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
-    paths = []
-    for fmt in formats:
-        path = out / f"published.{fmt}"
-        if fmt == "csv":
-            frame.to_csv(path, index=False)
-        elif fmt == "md":
-            lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 3 + ["---"]) + "|"]
-            lines += ["| " + " | ".join(_cells(row)) + " |" for _, row in frame.iterrows()]
-            path.write_text("\n".join(lines) + f"\n\n{CAPTION}\n")
-        else:
-            lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{_tex(CAPTION)}}}",
-                     "\\label{tab:published}", "\\begin{tabular}{lllrrrl}", "\\toprule",
-                     " & ".join(_tex(c) for c in COLUMNS) + " \\\\", "\\midrule"]
-            lines += [" & ".join(_tex(c) for c in _cells(row)) + " \\\\" for _, row in frame.iterrows()]
-            lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-            path.write_text("\n".join(lines))
-        paths.append(path)
-    return paths
+def published_table(frame: pd.DataFrame) -> Table:
+    """`compare_published`'s rows as a report table, for `bench.report.rendering` to write and print."""
+    columns = [Column("scope", "scope", "text"), Column("paper", "paper", "pct"),
+               Column("this run", "this run", "pct"), Column("difference", "difference", "delta"),
+               Column("source", "source", "text")]
+    rows = [(backbone, method, {"scope": Cell(text=scope), "paper": Cell(float(paper)),
+                                "this run": Cell(float(this_run)), "difference": Cell(float(difference)),
+                                "source": Cell(text=source)})
+            for backbone, method, scope, paper, this_run, difference, source
+            in frame[COLUMNS].itertuples(index=False, name=None)]
+    return Table("published", CAPTION, columns, rows)

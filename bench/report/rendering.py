@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,13 +14,25 @@ FORMATS = ("tex", "md", "csv")
 MISSING = {"tex": "--", "md": "–", "csv": ""}
 
 
+_TEX_SPECIAL = str.maketrans({"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#",
+                              "$": "\\$", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\^{}"})
+
+
+def _tex_escape(text: str) -> str:
+    return text.translate(_TEX_SPECIAL)
+
+
 def _number(cell: Cell, kind: str, fmt: str) -> str:
+    if kind == "text" and cell.text is not None:
+        return _tex_escape(cell.text) if fmt == "tex" else cell.text
     if cell.mean is None:
         return MISSING[fmt]
     if kind == "count":
         return f"[{cell.mean:.0f}]"
     if kind == "pct":
         return f"{cell.mean:.2f}"
+    if kind == "delta":
+        return f"{cell.mean:+.2f}"
     if kind == "number":
         return f"{cell.mean:.0f}"
     if kind == "verdict":
@@ -34,18 +47,10 @@ def _number(cell: Cell, kind: str, fmt: str) -> str:
     return {1: f"**{text}**", 2: f"*{text}*"}.get(cell.rank, text)
 
 
-_TEX_SPECIAL = str.maketrans({"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#",
-                              "$": "\\$", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\^{}"})
-
-
-def _tex_escape(text: str) -> str:
-    return text.translate(_TEX_SPECIAL)
-
-
 def to_latex(table: Table) -> str:
     """A booktabs `table` environment, ready for `\\input` (needs `\\usepackage{booktabs}`)."""
     header = ["Backbone", "Method", *[_tex_escape(c.label) for c in table.columns]]
-    spec = "ll" + "".join("r" if c.kind != "acc" else "c" for c in table.columns)
+    spec = "ll" + "".join("c" if c.kind == "acc" else "l" if c.kind == "text" else "r" for c in table.columns)
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{table.caption}}}",
              f"\\label{{tab:{table.key}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
     if table.spans:
@@ -72,7 +77,8 @@ def to_latex(table: Table) -> str:
 
 def to_markdown(table: Table) -> str:
     header = ["Backbone", "Method", *[c.label for c in table.columns]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
+    align = ["---"] * 2 + ["---" if c.kind == "text" else "---:" for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for backbone, variant, cells in table.rows:
         values = [_number(cells.get(c.key, Cell()), c.kind, "md") for c in table.columns]
         lines.append("| " + " | ".join([backbone, variant, *values]) + " |")
@@ -89,7 +95,7 @@ def to_frame(table: Table) -> pd.DataFrame:
         for column in table.columns:
             cell = cells.get(column.key, Cell())
             name = column.label if column.kind == "acc" else column.key
-            row[name] = cell.mean
+            row[name] = cell.text if column.kind == "text" else cell.mean
             if column.kind == "acc" or cell.std is not None:
                 row[f"{name}_std"] = cell.std
         records.append(row)
@@ -116,13 +122,16 @@ def to_rich(table: Table) -> Any:
     from rich.table import Table as RichTable
 
     rich = RichTable(title=table.key, title_justify="left")
-    for name in ("backbone", "method", *[c.label for c in table.columns]):
-        rich.add_column(name, justify="left" if name in ("backbone", "method") else "right")
+    rich.add_column("backbone")
+    rich.add_column("method")
+    for column in table.columns:
+        rich.add_column(column.label, justify="left" if column.kind == "text" else "right")
     for backbone, variant, cells in table.rows:
         values = []
         for column in table.columns:
             cell = cells.get(column.key, Cell())
-            text = escape(_number(Cell(cell.mean, cell.std), column.kind, "md"))
+            # Markdown's text without its rank marks: rich marks the rank itself.
+            text = escape(_number(replace(cell, rank=0), column.kind, "md"))
             values.append({1: f"[bold]{text}[/bold]", 2: f"[underline]{text}[/underline]"}.get(cell.rank, text))
         rich.add_row(escape(backbone), escape(variant), *values)
     return rich

@@ -127,9 +127,10 @@ def variants(runs: pd.DataFrame, without: Sequence[str] = ()) -> pd.Series:
 
 @dataclass(frozen=True)
 class Column:
-    """`kind`: `acc` (ranked, mean ± std), `pct` (learnable %, not ranked), `count` (the `[n]` column), `gain`
-    (signed points, ± std when it has one, not ranked), `number` (a whole number, not ranked) or `verdict` (yes for
-    a true value, no for a false one)."""
+    """`kind`: `acc` (ranked, mean ± std), `pct` (a percentage to two decimals, not ranked: learnable %, a published
+    mean), `count` (the `[n]` column), `gain` (signed points, ± std when it has one, not ranked), `delta` (signed
+    points to two decimals, not ranked), `number` (a whole number, not ranked), `verdict` (yes for a true value, no for
+    a false one) or `text` (the cell's `text`, left-aligned)."""
 
     key: str
     label: str
@@ -141,6 +142,7 @@ class Cell:
     mean: float | None = None
     std: float | None = None
     rank: int = 0  # 1 best, 2 second within the backbone block
+    text: str | None = None  # the value of a `text` column
 
 
 @dataclass
