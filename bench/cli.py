@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output directory (default RESULTS/report)")
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
     report.add_argument("--published", action="store_true",
-                        help="print published numbers (bench/published.csv) beside this run's: paper, this run, difference")
+                        help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
                         "CI; A, B: methods or variants as the summary labels them")
 
@@ -152,8 +152,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     report = build_report(args.results, args.out or args.results / "report", formats, pair, args.published)
     console.print(to_rich(report.summary))
-    if report.published is not None and not report.published.empty:
-        console.print(_frame_table(report.published.round(2), "published (paper) vs this run, group means (%)"))
+    if report.published is not None:
+        console.print(to_rich(report.published))
     for note in report.notes:
         console.print(f"note: {note}", style="dim", highlight=False, markup=False)
     for path in report.paths:

@@ -96,6 +96,13 @@ class Joined:
         return out
 
 
+def decode_rgb(path: Path) -> Image.Image:
+    """Fully decode an image as RGB (grey, palette and CMYK files occur in every FGVC dataset). `bench.imagefiles`
+    decodes its files with it too, and imports it from here: the import runs one way."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 class _StoreDecoder(Dataset):
     def __init__(self, paths: list[Path], transform: Callable[[Image.Image], Image.Image]) -> None:
         self.paths = paths
@@ -105,8 +112,6 @@ class _StoreDecoder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from bench.imagefiles import decode_rgb
-
         try:
             image = decode_rgb(self.paths[index])
         except OSError as exc:

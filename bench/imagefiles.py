@@ -29,7 +29,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from bench.augment import CropFlip
 from bench.data import Batch, Split, tensor_batches
-from bench.decoded import DataPath, Decoded, Joined
+from bench.decoded import DataPath, Decoded, Joined, decode_rgb
 
 Item = tuple[Path, int]
 ImageTransform = Callable[[Image.Image], Image.Image]
@@ -78,12 +78,6 @@ class ImageTransforms:
 
 def _steps(transform: ImageTransform) -> list[str]:
     return [repr(t) for t in transform.transforms] if isinstance(transform, Compose) else [repr(transform)]
-
-
-def decode_rgb(path: Path) -> Image.Image:
-    """Fully decode an image as RGB (grey, palette and CMYK files occur in every FGVC dataset)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 class _Decoder(Dataset):

@@ -61,7 +61,7 @@ def test_the_wheel_holds_every_module_under_bench_and_nothing_named_methods_or_t
     assert {"bench/methods/lora.py", "bench/methods/_peft.py", "bench/tasks/micro.py"} <= expected
     assert sorted(expected - names) == [], "package folders missing from pyproject.toml's [tool.setuptools] packages"
     assert {top for top in (name.split("/")[0] for name in names) if not top.endswith(".dist-info")} == {"bench"}
-    assert {"bench/published.csv", "bench/weights/micro_mae.safetensors", "bench/weights/MODEL_CARD.md"} <= names
+    assert {"bench/report/published.csv", "bench/weights/micro_mae.safetensors", "bench/weights/MODEL_CARD.md"} <= names
 
 
 def test_the_installed_wheel_finds_its_own_plugins_from_another_directory(wheel, tmp_path):

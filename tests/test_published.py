@@ -13,9 +13,8 @@ from bench.backbone import BACKBONES
 from bench.cli import main
 from bench.config import RunSpec
 from bench.method import METHODS
-from bench.published import compare_published, load_published, scope_tasks
-from bench.report import load_runs, suites
 from bench.record import RunRecord
+from bench.report import build_report, compare_published, load_published, load_runs, scope_tasks, suites
 from bench.store import Store
 from records import make_record
 
@@ -74,6 +73,17 @@ def test_a_published_row_meets_every_variant_of_its_method(results: Path, tmp_pa
                    "full,sup21k-vit-b16,fgvc,88.54,P,T,https://example.org\n")
     compared = compare_published(load_runs(results), pd.read_csv(own))
     assert list(compared["method"]) == ["full lr=0.1"] and compared["difference"].iloc[0] == pytest.approx(80 - 88.54)
+
+
+def test_the_published_table_is_written_like_every_report_table(results: Path, tmp_path: Path):
+    build_report(results, tmp_path, published=True)
+    markdown = (tmp_path / "published.md").read_text().splitlines()
+    mean = (55.0 + sum(50.0 + i for i in range(1, 19))) / 19
+    assert markdown[:2] == ["| Backbone | Method | scope | paper | this run | difference | source |",
+                            "|---|---|---|---:|---:|---:|---|"]
+    assert markdown[2].startswith(f"| sup21k-vit-b16 | ssf | vtab | 73.10 | {mean:.2f} | {mean - 73.10:+.2f} | Lian ")
+    latex = (tmp_path / "published.tex").read_text()
+    assert "\\begin{tabular}{lllrrrl}" in latex and "Scaling \\& Shifting" in latex and "(\\%)" in latex
 
 
 def test_cli_report_published_prints_and_writes_the_comparison(results: Path, tmp_path: Path, capsys):

@@ -1,6 +1,6 @@
 """Published reference numbers beside measured ones: `bench report --published` ("paper" vs "this run").
 
-`bench/published.csv` holds group means that papers report for methods of the registry, on the backbones the
+`bench/report/published.csv` holds group means that papers report for methods of the registry, on the backbones the
 registry names (ViT-B/16 pre-trained with MAE, MoCo v3 or supervised on ImageNet-21k), one row per number, each with
 the paper, the table it comes from and the page it was read from. Only numbers found in a readable source are there.
 
@@ -14,15 +14,15 @@ A measured scope mean is shown only when every task of the scope has a record, a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.report import suites
+from bench.record import COLUMNS
+from bench.report.tables import Cell, Column, Table, suites
 
 PUBLISHED = Path(__file__).parent / "published.csv"
-COLUMNS = ["backbone", "method", "scope", "paper", "this run", "difference", "source"]
+HEADER = ["backbone", "method", "scope", "paper", "this run", "difference", "source"]
 
 
 def scope_tasks(scope: str) -> tuple[str, ...]:
@@ -40,7 +40,7 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
 def compare_published(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """One row per (published number, measured variant of its method on its backbone) whose scope is complete:
     the paper's value, this run's mean over the scope's tasks (each task's mean over seeds) and this run − paper."""
-    per_task = runs.groupby(["backbone", "method", "variant", "task"])["acc"].mean()
+    per_task = runs.groupby([COLUMNS.backbone, COLUMNS.method, "variant", COLUMNS.task])["acc"].mean()
     rows = []
     for ref in published.itertuples(index=False):
         tasks = scope_tasks(ref.scope)
@@ -55,39 +55,23 @@ def compare_published(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
             mean = float(np.mean([measured[t] for t in tasks]))
             rows.append([ref.backbone, variant, ref.scope, ref.accuracy, mean, mean - ref.accuracy,
                          f"{ref.paper}, {ref.table}"])
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=HEADER)
 
 
-def _tex(text: str) -> str:
-    return str(text).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
-
-
-def _cells(row: pd.Series) -> list[str]:
-    return [row["backbone"], row["method"], row["scope"], f"{row['paper']:.2f}", f"{row['this run']:.2f}",
-            f"{row['difference']:+.2f}", row["source"]]
-
-
-CAPTION = ("Published vs this run: group means of test accuracy (%). Paper: the number as the cited table reports "
+# In LaTeX, as every table's caption; `bench.report.rendering` turns it into Markdown.
+CAPTION = ("Published vs this run: group means of test accuracy (\\%). Paper: the number as the cited table reports "
            "it; this run: the mean over the scope's tasks of each task's mean over seeds; difference: this run − "
            "paper. Scope vtab: all 19 VTAB-1k tasks with equal weight.")
 
 
-def write_published(frame: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
-    paths = []
-    for fmt in formats:
-        path = out / f"published.{fmt}"
-        if fmt == "csv":
-            frame.to_csv(path, index=False)
-        elif fmt == "md":
-            lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 3 + ["---"]) + "|"]
-            lines += ["| " + " | ".join(_cells(row)) + " |" for _, row in frame.iterrows()]
-            path.write_text("\n".join(lines) + f"\n\n{CAPTION}\n")
-        else:
-            lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{_tex(CAPTION)}}}",
-                     "\\label{tab:published}", "\\begin{tabular}{lllrrrl}", "\\toprule",
-                     " & ".join(_tex(c) for c in COLUMNS) + " \\\\", "\\midrule"]
-            lines += [" & ".join(_tex(c) for c in _cells(row)) + " \\\\" for _, row in frame.iterrows()]
-            lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-            path.write_text("\n".join(lines))
-        paths.append(path)
-    return paths
+def published_table(frame: pd.DataFrame) -> Table:
+    """`compare_published`'s rows as a report table, for `bench.report.rendering` to write and print."""
+    columns = [Column("scope", "scope", "text"), Column("paper", "paper", "pct"),
+               Column("this run", "this run", "pct"), Column("difference", "difference", "delta"),
+               Column("source", "source", "text")]
+    rows = [(backbone, method, {"scope": Cell(text=scope), "paper": Cell(float(paper)),
+                                "this run": Cell(float(this_run)), "difference": Cell(float(difference)),
+                                "source": Cell(text=source)})
+            for backbone, method, scope, paper, this_run, difference, source
+            in frame[HEADER].itertuples(index=False, name=None)]
+    return Table("published", CAPTION, columns, rows)

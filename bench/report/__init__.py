@@ -1,0 +1,121 @@
+"""`bench report`: the tables and figures of a PEFT paper, built only from finished records in the results store.
+
+`build_report` writes every table (`bench.report.tables`) in every asked format (`bench.report.rendering`: LaTeX,
+Markdown and CSV with the same numbers) and every figure (`bench.report.figures`) the records support, saying which it
+skipped and why; with --compare, the paired bootstrap of two methods (`bench.report.comparison`); with --published,
+the papers' numbers beside this run's (`bench.report.published`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from bench import BenchError
+from bench.record import COLUMNS
+from bench.report.comparison import Comparison, compare
+from bench.report.figures import (
+    FIGURES, INIT_ORDER, SHARED_CORES_BELOW, fig_backbone_size, fig_data_fraction, fig_init_ablation, fig_nmi,
+    fig_pareto, fig_prompt_length, fig_val_curves, init_ablation_stats, val_curves,
+)
+from bench.report.published import compare_published, load_published, published_table, scope_tasks
+from bench.report.rendering import FORMATS, to_frame, to_latex, to_markdown, to_rich, write_table
+from bench.report.tables import (
+    Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs, natural_key,
+    suite_table, suites, summary_table,
+)
+from bench.store import Store
+
+# The public API, importable from `bench.report` whichever part defines it.
+__all__ = [
+    "FIGURES", "FORMATS", "INIT_ORDER", "SHARED_CORES_BELOW", "WRITTEN_LIST", "Cell", "Column", "Comparison", "Group",
+    "Report", "Suite", "Table", "budget_table", "build_report", "compare", "compare_published", "convergence_table",
+    "fig_backbone_size", "fig_data_fraction", "fig_init_ablation", "fig_nmi", "fig_pareto", "fig_prompt_length",
+    "fig_val_curves", "init_ablation_stats", "last_third_gain", "load_published", "load_runs", "natural_key",
+    "published_table", "scope_tasks", "suite_table", "suites", "summary_table", "to_frame", "to_latex", "to_markdown",
+    "to_rich", "val_curves", "write_table",
+]
+
+
+@dataclass
+class Report:
+    summary: Table
+    paths: list[Path]
+    notes: list[str]
+    comparison: Comparison | None
+    published: Table | None = None  # when asked for, and some published number matched
+
+
+def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = FORMATS,
+                 compare_pair: tuple[str, str] | None = None, published: bool = False) -> Report:
+    """Write every table and figure the records support under `out`; say which were skipped and why. With
+    `published`, also the published numbers (bench/report/published.csv) beside this run's (bench.report.published)."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
+    store = Store(results)
+    runs = load_runs(store)
+    comparison = compare(runs, *compare_pair) if compare_pair else None  # a bad name fails before anything is written
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create report directory {out}: {exc.strerror}; pass --out DIR") from None
+    paths: list[Path] = []
+    notes = [f"skipped unreadable record {path.name} (set aside; rerun `bench run` to recompute it)"
+             for path in store.set_aside]
+    for suite in suites(runs[COLUMNS.group].dropna()):
+        table = suite_table(suite, runs)
+        if table is None:
+            notes.append(f"{suite.title} table skipped: no records in its groups ({', '.join(g.id for g in suite.groups)})")
+        else:
+            paths += write_table(table, out, formats)
+    summary = summary_table(runs)
+    paths += write_table(summary, out, formats)
+    convergence = convergence_table(runs)
+    if convergence is None:
+        notes.append("convergence table skipped: no record carries a val curve (only fixed-protocol runs score val)")
+    else:
+        paths += write_table(convergence, out, formats)
+    budget = budget_table(runs)
+    if budget is None:
+        notes.append("budget table skipped: no variant was recorded at two epoch budgets on a task and seed")
+    else:
+        paths += write_table(budget, out, formats)
+    for figure in FIGURES:
+        made = figure(runs, out)
+        if isinstance(made, str):
+            notes.append(made)
+        else:
+            paths += made
+    beside = None
+    if published:
+        matched = compare_published(runs, load_published())
+        if matched.empty:
+            notes.append("published table skipped: no recorded method, backbone and complete task group matches a "
+                         "published number (bench/report/published.csv)")
+        else:
+            beside = published_table(matched)
+            paths += write_table(beside, out, formats)
+    notes += _drop_stale(out, paths, attempted_published=published)
+    return Report(summary, paths, notes, comparison, beside)
+
+
+# What the last `bench report` wrote in its directory, so that a table or figure it now skips does not linger there
+# looking current. Files it never wrote are left alone.
+WRITTEN_LIST = ".bench-report-files"
+
+
+def _drop_stale(out: Path, paths: list[Path], attempted_published: bool) -> list[str]:
+    """Remove the files an earlier report wrote for a table or figure that this one did not write (in any format);
+    keep the published table when it was not asked for this time. Returns a note per removed file."""
+    listed = out / WRITTEN_LIST
+    before = listed.read_text().split() if listed.exists() else []
+    current = {path.stem for path in paths} | (set() if attempted_published else {"published"})
+    stale = [name for name in before if Path(name).stem not in current]
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    kept = {name for name in before if Path(name).stem in current and (out / name).exists()}
+    listed.write_text("".join(f"{name}\n" for name in sorted(kept | {path.name for path in paths})))
+    return [f"removed {name}: an earlier report wrote it, and this one skipped it" for name in stale]
