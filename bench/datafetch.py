@@ -32,6 +32,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -181,7 +182,7 @@ class Downloads:
         """`safe_unpack`; an archive it refuses is deleted: it is hostile or broken, and a rerun must not reuse it."""
         try:
             safe_unpack(path, dest)
-        except BenchError:
+        except ArchiveRefused:
             self.discard(path)
             raise
 
@@ -248,40 +249,49 @@ def ensure_space(folder: Path, need: int, what: str) -> None:
 # --- archives ----------------------------------------------------------------------------------------------------
 
 
+class ArchiveRefused(BenchError):
+    """An archive with an entry that would land outside its target, or that is no archive at all."""
+
+
 def safe_unpack(archive: Path, dest: Path) -> None:
     """Unpack a zip or tar archive into the new folder `dest`, after checking every entry.
 
     An entry with an absolute path or a `..`, a symbolic or hard link that points outside `dest` (and any link in a
     zip, where the format cannot say what it is), or a device or pipe refuses the whole archive: a one-line error
-    naming the entry, raised before `dest` is created.
+    naming the entry (`ArchiveRefused`), raised before `dest` is created.
     """
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                _refuse_if(archive, info.filename, _name_problem(info.filename) or (
-                    "is a symbolic link (links in a zip are not unpacked)"
-                    if stat.S_ISLNK(info.external_attr >> 16) else None))
-            ensure_space(dest.parent, sum(info.file_size for info in infos), f"unpacking {archive.name}")
-            dest.mkdir()
-            zf.extractall(dest)
-        return
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for member in members:
-                _refuse_if(archive, member.name, _name_problem(member.name) or _tar_problem(member))
-            ensure_space(dest.parent, sum(m.size for m in members), f"unpacking {archive.name}")
-            dest.mkdir()
-            # Python's own "data" filter where it has one (3.10.12+): a second guard behind the checks above.
-            tf.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        return
-    raise BenchError(f"{archive} is neither a zip nor a tar archive; delete it and run the fetch again")
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                for info in infos:
+                    _refuse_if(archive, info.filename, _name_problem(info.filename) or (
+                        "is a symbolic link (links in a zip are not unpacked)"
+                        if stat.S_ISLNK(info.external_attr >> 16) else None))
+                ensure_space(dest.parent, sum(info.file_size for info in infos), f"unpacking {archive.name}")
+                dest.mkdir()
+                zf.extractall(dest)
+            return
+        if tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                members = tf.getmembers()
+                for member in members:
+                    _refuse_if(archive, member.name, _name_problem(member.name) or _tar_problem(member))
+                ensure_space(dest.parent, sum(m.size for m in members), f"unpacking {archive.name}")
+                dest.mkdir()
+                # Python's own "data" filter where it has one (3.10.12+): a second guard behind the checks above.
+                tf.extractall(dest, members=members,
+                              **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            return
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+        shutil.rmtree(dest, ignore_errors=True)  # ours: created above, and half-filled
+        raise ArchiveRefused(f"{archive.name} is damaged ({exc}); nothing was placed") from None
+    raise ArchiveRefused(f"{archive.name} is neither a zip nor a tar archive; nothing was unpacked")
 
 
 def _refuse_if(archive: Path, name: str, problem: str | None) -> None:
     if problem:
-        raise BenchError(f"{archive.name} refused: entry {name!r} {problem}; nothing was unpacked")
+        raise ArchiveRefused(f"{archive.name} refused: entry {name!r} {problem}; nothing was unpacked")
 
 
 def _name_problem(name: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Data fingerprints: one digest of what a task's splits hold, so that two runs can tell whether they read the same data.
+"""Data fingerprints: one digest of what a task's splits hold, so two runs can tell whether they read the same data.
 
 A run's numbers depend on the exact images and labels it read: on CIFAR-100 a JPEG dump and TFDS's tensors differ by
 about ten points (visinf/adapter_plus#3, NOAH#19), and a partial archive silently drops images (RepAdapter#2). Every
@@ -68,7 +68,7 @@ class Fingerprint:
     @classmethod
     def from_info(cls, info: Any) -> "Fingerprint | None":
         """The fingerprint `to_info` wrote; None for anything else (records from before fingerprints)."""
-        if not isinstance(info, dict) or not isinstance(info.get("splits"), dict) or not isinstance(info.get("of"), str):
+        if not (isinstance(info, dict) and isinstance(info.get("splits"), dict) and isinstance(info.get("of"), str)):
             return None
         return cls(info["of"], {str(k): str(v) for k, v in info["splits"].items()})
 

@@ -126,7 +126,8 @@ register_group(TaskGroup("fgvc", "FGVC", "FGVC"))
 # with the MD5s those archives are known by. Cars and NABirds need a login or an agreement: fetched by hand.
 IMAGES = {
     "cub": ImageArchive(WebFile("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
-                                "CUB_200_2011.tgz", "97eceeb196236b17998738112f37df78"), "CUB_200_2011/images", "images"),
+                                "CUB_200_2011.tgz", "97eceeb196236b17998738112f37df78"),
+                        "CUB_200_2011/images", "images"),
     "nabirds": ManualImages("http://info.allaboutbirds.org/nabirds/", "agreeing to the Cornell Lab's terms of use",
                             "images"),
     "flowers": ImageArchive(WebFile("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",

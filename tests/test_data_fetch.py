@@ -268,3 +268,14 @@ def test_fetch_refuses_a_hostile_hub_archive_and_writes_nothing_inside_or_outsid
         with pytest.raises(BenchError, match="refused"):
             fetch("vtab-1k", root, ["dtd"], endpoint=hub.url)
     assert list(root.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_damaged_archive_is_one_line_and_leaves_no_partial_folder(tmp_path):
+    archive = tmp_path / "CUB_200_2011.tgz"
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w:gz") as tf:
+        tf.addfile(tarfile.TarInfo("images/a.txt"), io.BytesIO(b""))
+    archive.write_bytes(whole.getvalue()[:-20])  # cut short: the gzip stream ends early
+    with pytest.raises(BenchError, match="CUB_200_2011.tgz is damaged"):
+        safe_unpack(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
