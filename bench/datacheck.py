@@ -21,8 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
-from bench import BenchError
-from bench import fingerprint
+from bench import BenchError, fingerprint
 from bench.data import TASKS
 from bench.fingerprint import Fingerprint
 from bench.imagefiles import Item
@@ -113,8 +112,8 @@ def _fetched_findings(check: TaskCheck, folder: Path) -> list[Finding]:
     if written is None:
         return []
     compared = False
-    for now in (check.fingerprint, check.deep):
-        then = Fingerprint.from_info(written.get("deep" if now is check.deep else "fingerprint"))
+    for key, now in (("fingerprint", check.fingerprint), ("deep", check.deep)):
+        then = Fingerprint.from_info(written.get(key))
         if then is None or now is None or then.of != now.of:
             continue
         if then.digest != now.digest:
