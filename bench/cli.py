@@ -10,8 +10,9 @@ import os
 import re
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import Progress as RichProgress
@@ -37,10 +38,11 @@ def _registries() -> dict[str, Any]:
     import bench.tasks  # noqa: F401  (registers the tasks)
     from bench.backbone import BACKBONES
     from bench.data import TASKS
+    from bench.datafetch import FETCHES
     from bench.method import METHODS
     from bench.recipes import RECIPES
 
-    return {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "recipes": RECIPES}
+    return {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "recipes": RECIPES, "sources": FETCHES}
 
 
 def _seeds(text: str) -> list[int]:
@@ -126,16 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); on a GPU the "
                       "GPU figures are measured too")
 
-    lst = sub.add_parser("list", help="show registered methods, tasks and backbones")
-    lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones", "recipes"],
+    lst = sub.add_parser("list", help="show registered methods, tasks, backbones, recipes and data sources")
+    lst.add_argument("what", nargs="?", choices=["methods", "tasks", "backbones", "recipes", "sources"],
                      help="one registry (default all)")
-    data = sub.add_parser("data", help="inspect datasets on disk")
+    data = sub.add_parser("data", help="fetch datasets, inspect them on disk")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    fetch = data_sub.add_parser("fetch", help="download a benchmark's data into a layout bench detects, verify, "
+                                              "check and fingerprint it; never over data in place")
+    fetch.add_argument("source", metavar="SOURCE", help="vtab-1k or fgvc (`bench list` shows the data sources)")
+    fetch.add_argument("--data-root", type=Path, help="folder to put the data in (default $BENCH_DATA; created)")
+    fetch.add_argument("--tasks", help="only these of the source's tasks (comma list, aliases, globs; default all)")
+    fetch.add_argument("--jobs", type=_positive, default=None, help="threads for the check after it (default 8)")
     check = data_sub.add_parser("check", help="find each task's files, check splits, labels and images")
     check.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
     check.add_argument("--tasks", default="fgvc,vtab", help="comma list, aliases, globs (default fgvc,vtab)")
     check.add_argument("--jobs", type=_positive, default=None,
                        help="threads reading and decoding images (default 8)")
+    check.add_argument("--deep", action="store_true",
+                       help="also print each task's content fingerprint (files' sha256, besides list, sizes, labels)")
     return parser
 
 
@@ -258,7 +268,43 @@ def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
 def cmd_data(args: argparse.Namespace, console: Console) -> int:
     from bench.datacheck import DEFAULT_JOBS, check_tasks, render
 
+    if args.data_command == "fetch":
+        return cmd_data_fetch(args, console)
     names = _registries()["tasks"].resolve(args.tasks)
+    with _image_progress(console) as on_image:
+        checks = check_tasks(names, args.data_root, args.jobs or DEFAULT_JOBS, on_image)
+    render(checks, console, deep=args.deep)
+    return 0 if all(check.usable for check in checks) else 1
+
+
+def cmd_data_fetch(args: argparse.Namespace, console: Console) -> int:
+    """Fetch, then check what was placed (its fingerprints are written beside it) and say what happened per task."""
+    from bench.data import TASKS
+    from bench.datacheck import DEFAULT_JOBS, render
+    from bench.datafetch import FETCHES, IN_PLACE, MANUAL, PLACED, check_placed, fetch, resolve_fetch_root, \
+        summary_line
+
+    _registries()
+    source = FETCHES.get(args.source)
+    tasks = TASKS.resolve(args.tasks) if args.tasks else None
+    root = resolve_fetch_root(args.data_root)
+    placements = fetch(args.source, root, tasks)
+    with _image_progress(console) as on_image:
+        checks = check_placed(placements, root, args.jobs or DEFAULT_JOBS, on_image)
+    if checks:
+        render(checks, console)
+    for placement in placements:
+        style = {PLACED: "green", IN_PLACE: "dim", MANUAL: "yellow"}.get(placement.status, "red")
+        console.print(summary_line(placement), style=style, highlight=False, markup=False, soft_wrap=True)
+    ready = sum(p.status in (PLACED, IN_PLACE) for p in placements)
+    console.print(f"{ready} of {len(placements)} {args.source} task(s) ready under {root}"
+                  + (f"; fingerprints written beside the {len(checks)} placed" if checks else ""), highlight=False)
+    return 0 if all(check.usable for check in checks) and ready == len(tasks or source.tasks) else 1
+
+
+@contextmanager
+def _image_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per task while `bench data check` reads its images (on a terminal)."""
     with RichProgress(*RichProgress.get_default_columns(), console=console, transient=True,
                       disable=not console.is_terminal) as bar:
         bars: dict[str, Any] = {}
@@ -268,9 +314,7 @@ def cmd_data(args: argparse.Namespace, console: Console) -> int:
                 bars[task] = bar.add_task(f"{task}: reading images", total=total)
             bar.update(bars[task], completed=done)
 
-        checks = check_tasks(names, args.data_root, args.jobs or DEFAULT_JOBS, on_image)
-    render(checks, console)
-    return 0 if all(check.usable for check in checks) else 1
+        yield on_image
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:

@@ -4,6 +4,8 @@ Data preparation is where VPT/NOAH/SPT users lose most time (dead split links, t
 the check reports every problem at once instead of the first crash: findings are *errors* (the task is unusable:
 not found, labels out of range, missing or undecodable images), *warnings* (split sizes off the reference, classes
 absent from a split, test images duplicated in train/val) or *notes* (how the layout was read, derived splits).
+Each task's data fingerprint (`bench.fingerprint`) is printed, and compared with the one `bench data fetch` wrote
+beside the data when there is one: a difference means the files changed since they were fetched.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
-from bench import BenchError
+from bench import BenchError, fingerprint
 from bench.data import TASKS
+from bench.fingerprint import Fingerprint
 from bench.imagefiles import Item
 from bench.layouts import DataSource, Located, label_problems, resolve_data_root
 
@@ -45,6 +48,8 @@ class TaskCheck:
     sizes: dict[str, int] = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    fingerprint: Fingerprint | None = None
+    deep: Fingerprint | None = None  # with content: free here, since every image is read anyway
 
     @property
     def usable(self) -> bool:
@@ -59,13 +64,15 @@ DEFAULT_JOBS = 8  # threads: PIL decodes and hashlib hashes without the GIL, and
 def check_tasks(names: list[str], data_root: Path | None, jobs: int = DEFAULT_JOBS,
                 on_image: OnImage | None = None) -> list[TaskCheck]:
     """Check each task, reading its images on `jobs` threads; tasks generated in memory have nothing on disk and
-    pass."""
+    pass, with their fingerprint."""
     root = None
     checks = []
     for name in names:
         source = TASKS.get(name).load
         if not isinstance(source, DataSource):
-            checks.append(TaskCheck(name, layout="built in", findings=[Finding(NOTE, "generated in memory")]))
+            built = Fingerprint.from_info(source(None).info.get(fingerprint.KEY))
+            checks.append(TaskCheck(name, layout="built in", findings=[Finding(NOTE, "generated in memory")],
+                                    fingerprint=built))
             continue
         root = root or resolve_data_root(data_root)
         checks.append(check_source(source, root, jobs, on_image))
@@ -81,6 +88,7 @@ def check_source(source: DataSource, root: Path, jobs: int = DEFAULT_JOBS,
         check.findings.append(Finding(ERROR, str(exc)))
         return check
     check.layout, check.folder = found.layout, str(found.folder)
+    check.fingerprint = fingerprint.of_files(found.splits)
     check.sizes = {split: len(items) for split, items in found.splits.items()}
     check.findings += [Finding(NOTE, note) for note in found.notes]
     check.findings += _size_findings(check.sizes, source.expected)
@@ -91,8 +99,28 @@ def check_source(source: DataSource, root: Path, jobs: int = DEFAULT_JOBS,
         if on_image is not None:
             on_image(source.name, done, total)
 
-    check.findings += _file_findings(found, jobs, progress)
+    file_findings, digests = _file_findings(found, jobs, progress)
+    check.findings += file_findings
+    check.deep = fingerprint.of_files(found.splits, deep=True, content=digests)
+    check.findings += _fetched_findings(check, found.folder)
     return check
+
+
+def _fetched_findings(check: TaskCheck, folder: Path) -> list[Finding]:
+    """The data against the fingerprint `bench data fetch` wrote beside it, when it did."""
+    written = fingerprint.read_file(folder)
+    if written is None:
+        return []
+    compared = False
+    for key, now in (("fingerprint", check.fingerprint), ("deep", check.deep)):
+        then = Fingerprint.from_info(written.get(key))
+        if then is None or now is None or then.of != now.of:
+            continue
+        if then.digest != now.digest:
+            return [Finding(WARNING, f"data changed since it was fetched: the {', '.join(now.differing(then))} "
+                                     f"split(s) differ from {folder / fingerprint.FILE}")]
+        compared = True
+    return [Finding(NOTE, f"same data as fetched ({fingerprint.FILE})")] if compared else []
 
 
 def _size_findings(sizes: dict[str, int], expected: dict[str, int]) -> list[Finding]:
@@ -116,7 +144,9 @@ def _coverage_findings(found: Located, num_classes: int) -> list[Finding]:
     return findings
 
 
-def _file_findings(found: Located, jobs: int, on_image: Callable[[int, int], None]) -> list[Finding]:
+def _file_findings(found: Located, jobs: int,
+                   on_image: Callable[[int, int], None]) -> tuple[list[Finding], dict[Path, str]]:
+    """Findings about the files, and each readable file's sha256."""
     paths = sorted({path for items in found.splits.values() for path, _ in items})
     results: dict[Path, tuple[str | None, str | None]] = {}
     on_image(0, len(paths))
@@ -132,19 +162,20 @@ def _file_findings(found: Located, jobs: int, on_image: Callable[[int, int], Non
     if broken:
         reasons = [f"{p} ({results[p][1]})" for p in broken]
         findings.append(Finding(ERROR, f"{len(broken)} unreadable or corrupt image(s): {_few(reasons)}"))
-    findings += _duplicate_findings(found, {p: digest for p, (digest, _) in results.items() if digest})
-    return findings
+    digests = {p: digest for p, (digest, _) in results.items() if digest}
+    findings += _duplicate_findings(found, digests)
+    return findings, digests
 
 
 def _inspect(path: Path) -> tuple[str | None, str | None]:
-    """(sha1 of the bytes, None) for a good image; (digest or None, reason) otherwise."""
+    """(sha256 of the bytes, None) for a good image; (digest or None, reason) otherwise."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None, "missing"
     except OSError as exc:
         return None, exc.strerror or type(exc).__name__
-    digest = hashlib.sha1(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a full decode: truncated files pass Image.verify()
@@ -174,9 +205,10 @@ def _few(values: list) -> str:
     return shown + (f" and {len(values) - LISTED} more" if len(values) > LISTED else "")
 
 
-def render(checks: list[TaskCheck], console: Console) -> None:
+def render(checks: list[TaskCheck], console: Console, deep: bool = False) -> None:
+    """The table of checks; `deep` adds each task's content fingerprint below its cheap one (the one runs record)."""
     table = Table(title="bench data check", title_justify="left", show_lines=True)
-    for column in ("task", "status", "layout", "split sizes", "findings"):
+    for column in ("task", "status", "layout", "split sizes", "fingerprint", "findings"):
         table.add_column(column, overflow="fold")
     colours = {ERROR: "red", WARNING: "yellow", NOTE: "dim"}
     for check in checks:
@@ -184,7 +216,10 @@ def render(checks: list[TaskCheck], console: Console) -> None:
         expected = " · ".join(f"{key} {size}" for key, size in check.expected.items())
         sizes = f"{found}\n[dim]expected {expected}" if found and expected else found
         findings = "\n".join(f"[{colours[f.level]}]{f.level}: {_escape(f.text)}" for f in check.findings)
-        table.add_row(check.task, _status(check), f"{check.layout}\n{check.folder}".strip(), sizes, findings)
+        prints = check.fingerprint.short if check.fingerprint else ""
+        if deep and check.deep is not None:
+            prints += f"\n[dim]content {check.deep.short}"
+        table.add_row(check.task, _status(check), f"{check.layout}\n{check.folder}".strip(), sizes, prints, findings)
     console.print(table)
     unusable = [check.task for check in checks if not check.usable]
     summary = f"{len(checks) - len(unusable)} of {len(checks)} task(s) usable"

@@ -20,6 +20,8 @@ import numpy as np
 
 from bench import BenchError
 from bench.data import TaskData
+from bench.fingerprint import KEY as FINGERPRINT
+from bench.fingerprint import of_files
 from bench.imagefiles import FileSplit, ImageTransforms, Item
 
 DATA_ENV = "BENCH_DATA"
@@ -241,6 +243,7 @@ class DataSource:
         info = {
             "data_root": str(root),
             "layout": found.layout,
+            FINGERPRINT: of_files(found.splits).to_info(),
             "folder": str(found.folder),
             "lists": {split: str(path) for split, path in found.lists.items()},
             "split_sizes": {split: len(items) for split, items in found.splits.items()},

@@ -116,8 +116,9 @@ class TaskInfo:
     name: str = _doc("registered task name")
     group: str = _doc("the task's group (`vtab/natural`, `fgvc`, `micro/real`, ...); the report's columns")
     num_classes: int = _doc("classes of the head")
-    data: dict[str, Any] = _doc("what the loader reported, flat beside the fields above: source, layout, split sizes "
-                                "and seed, ... (task-family specific)", default_factory=dict)
+    data: dict[str, Any] = _doc("what the loader reported, flat beside the fields above: source, layout, the data's "
+                                "`fingerprint` (`bench/fingerprint.py`; absent in older records), split sizes and "
+                                "seed, ... (task-family specific)", default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any, name: str) -> "TaskInfo":

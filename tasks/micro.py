@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import TASKS, Task, TaskData, TaskGroup, TensorSplit, register_group, register_task
+from bench.fingerprint import KEY as FINGERPRINT
+from bench.fingerprint import of_tensors
 
 SIZE = 32
 SPLIT_SIZES = {"train": 400, "val": 100, "test": 500}
@@ -32,7 +34,9 @@ def _to_rgb_uint8(grey: np.ndarray) -> torch.Tensor:
 def _split(images: torch.Tensor, labels: torch.Tensor, info: dict) -> TaskData:
     bounds = np.cumsum([0, *SPLIT_SIZES.values()])
     parts = [TensorSplit(images[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    return TaskData(*parts, info={**info, "split_sizes": dict(SPLIT_SIZES), "split_seed": SPLIT_SEED})
+    fingerprint = of_tensors(dict(zip(SPLIT_SIZES, parts))).to_info()
+    return TaskData(*parts, info={**info, "split_sizes": dict(SPLIT_SIZES), "split_seed": SPLIT_SEED,
+                                  FINGERPRINT: fingerprint})
 
 
 def _permutation(count: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 from torchvision import transforms as T
 
 from bench.data import TASKS, Task, TaskGroup, register_group, register_task
+from bench.datafetch import HubFile, TaskFolderArchive, register_fetch
 from bench.imagefiles import ImageTransforms
 from bench.layouts import DataSource, Located, PathLog, read_txt_list
 
@@ -117,3 +118,8 @@ TASKS.alias("vtab", [t.name for t in VTAB])
 for _group, _label in GROUP_FOLDERS.items():
     TASKS.alias(f"vtab-{_group}", [t.name for t in VTAB if t.group == _group])
     register_group(TaskGroup(f"vtab/{_group}", _label, "VTAB-1k"))
+
+# V-PETL Bench's processed VTAB-1k (the NOAH dump, `vtab-1k/<task>/`), as its README points to it.
+register_fetch("vtab-1k", TaskFolderArchive(HubFile("XiN0919/VTAB-1k", "vtab-1k.zip"), "vtab-1k",
+                                            {t.name: t.folders for t in VTAB}),
+               "VTAB-1k's 19 tasks: V-PETL Bench's NOAH-layout dump on the Hugging Face hub (4.7 GB)")
