@@ -16,6 +16,7 @@ from bench.data import TASKS
 from bench.datacheck import WARNING, check_source, check_tasks
 from bench.fingerprint import Fingerprint, mixed_fingerprint_warnings, of_files
 from bench.record import TaskInfo
+from bench.report import build_report
 from bench.store import Store
 
 MICRO = ("digits", "mnist5k", "sprites-loc", "sprites-ori", "shapes-count")
@@ -117,3 +118,14 @@ def test_data_check_prints_fingerprints_and_says_when_data_changed_since_it_was_
     (built,) = check_tasks(["digits"], None)
     assert built.fingerprint.to_info() == TASKS.get("digits").load(None).info["fingerprint"]
     assert json.loads((task / fingerprint.FILE).read_text())["fingerprint"]["digest"] == check.fingerprint.digest
+
+
+def test_bench_report_names_the_data_and_warns_when_a_task_mixes_it(tmp_path):
+    store = Store(tmp_path / "results")
+    for run in (_run("pets", 0, "jpeg"), _run("pets", 1, "tfds")):
+        store.write(run)
+    report = build_report(tmp_path / "results", tmp_path / "report", ("md",))
+    jpeg, tfds = (Fingerprint(fingerprint.FILES, {"train": s}).short for s in ("jpeg", "tfds"))
+    assert any(n.startswith("warning: pets mixes runs on different data") for n in report.notes), report.notes
+    assert f"data fingerprints: pets {jpeg}/{tfds}" in report.notes or \
+        f"data fingerprints: pets {tfds}/{jpeg}" in report.notes

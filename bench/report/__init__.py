@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench import BenchError
+from bench.fingerprint import fingerprint_summary, mixed_fingerprint_warnings
 from bench.record import COLUMNS
 from bench.report.comparison import Comparison, compare
 from bench.report.figures import (
@@ -22,8 +23,8 @@ from bench.report.figures import (
 from bench.report.published import compare_published, load_published, published_table, scope_tasks
 from bench.report.rendering import FORMATS, to_frame, to_latex, to_markdown, to_rich, write_table
 from bench.report.tables import (
-    Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs, natural_key,
-    suite_table, suites, summary_table,
+    TEST_STAGES, Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs,
+    natural_key, suite_table, suites, summary_table,
 )
 from bench.store import Store
 
@@ -65,6 +66,12 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     paths: list[Path] = []
     notes = [f"skipped unreadable record {path.name} (set aside; rerun `bench run` to recompute it)"
              for path in store.set_aside]
+    # The tables average runs by task; runs of one task on different data (a partial archive, a JPEG dump against
+    # TFDS tensors) do not compare, so the report names each task's data and warns where a task mixes them.
+    reported = [r for r in store.records() if r.done and r.spec.stage in TEST_STAGES]
+    notes += mixed_fingerprint_warnings(reported)
+    if (fingerprints := fingerprint_summary(reported)) is not None:
+        notes.append(fingerprints)
     for suite in suites(runs[COLUMNS.group].dropna()):
         table = suite_table(suite, runs)
         if table is None:
