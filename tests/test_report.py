@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -394,3 +397,52 @@ def test_report_process_learns_its_tables_from_the_task_families(results: Path, 
     assert done.returncode == 0, done.stderr
     header = (tmp_path / "micro.md").read_text().splitlines()[0]
     assert header.endswith("| Real | Structured | Mean | [n] |")
+
+
+# --- the paired bootstrap, pinned -------------------------------------------------------------------------------
+
+
+def paired_runs(a_minus_b: list[float]) -> pd.DataFrame:
+    """Runs of variants `a` and `b`, one (backbone, task, seed) pair per entry of `a_minus_b`, framed as `load_runs`
+    frames them, A's runs in the order of `a_minus_b`. B's accuracies are multiples of 1/4 and every entry a
+    multiple of 1/64, so each acc(a) − acc(b) is exactly its entry."""
+    rows = []
+    for i, difference in enumerate(a_minus_b):
+        base = 50.0 + 3.25 * i
+        pair = {"backbone": "micro-vit", "task": f"task-{i // 3}", "seed": i % 3}
+        rows.append({**pair, "method": "a", "variant": "a", "acc": base + difference})
+        rows.append({**pair, "method": "b", "variant": "b", "acc": base})
+    return pd.DataFrame(rows)
+
+
+def test_a_constant_paired_difference_has_a_bootstrap_interval_of_exactly_that_difference() -> None:
+    c = compare(paired_runs([2.5] * 7), "a", "b")
+    assert (c.pairs, c.mean, c.low, c.high) == (7, 2.5, 2.5, 2.5)
+
+
+@pytest.mark.parametrize("resamples, confidence, seed", [(10_000, 0.95, 0), (2_000, 0.9, 7)])
+def test_the_bootstrap_interval_is_numpys_percentiles_of_the_seeded_resample_means(
+    resamples: int, confidence: float, seed: int
+) -> None:
+    # Twelve differences in 64ths, spread so that neighbouring resample means rarely tie: a change of the
+    # percentile's interpolation shows.
+    differences = np.array([413, -97, 250, 31, 702, -188, 129, 566, -5, 333, 71, 458]) / 64
+    c = compare(paired_runs(list(differences)), "a", "b", resamples=resamples, confidence=confidence, seed=seed)
+    # The resample as documented: numpy's default generator seeded with `seed` draws `resamples` rows of pair
+    # indices, with replacement, over the pairs in the order A's runs come.
+    draws = np.random.default_rng(seed).integers(len(differences), size=(resamples, len(differences)))
+    means = np.array([differences[row].mean() for row in draws])
+    tail = (1 - confidence) / 2
+    assert (c.low, c.high) == tuple(np.percentile(means, [100 * tail, 100 * (1 - tail)]))
+    # The same percentiles from their definition (linear interpolation between order statistics), without numpy's.
+    ordered = sorted(means)
+
+    def percentile(q: float) -> float:
+        position = (len(ordered) - 1) * q
+        below = math.floor(position)
+        return ordered[below] + (position - below) * (ordered[below + 1] - ordered[below])
+
+    assert (c.low, c.high) == (pytest.approx(percentile(tail), abs=1e-12),
+                               pytest.approx(percentile(1 - tail), abs=1e-12))
+    assert c.mean == pytest.approx(statistics.mean(differences), abs=1e-12) and c.low < c.mean < c.high
+    assert (c.pairs, c.confidence) == (len(differences), confidence)
