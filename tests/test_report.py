@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.config import RunSpec
 from bench.report import (
     SHARED_CORES_BELOW, budget_table, build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats,
-    last_third_gain, load_runs, suite_table, suites, to_latex, to_markdown, val_curves,
+    last_third_gain, load_runs, suite_table, suites, summary_table, to_latex, to_markdown, val_curves,
 )
 from bench.store import Store
 
@@ -446,3 +446,53 @@ def test_the_bootstrap_interval_is_numpys_percentiles_of_the_seeded_resample_mea
                                pytest.approx(percentile(1 - tail), abs=1e-12))
     assert c.mean == pytest.approx(statistics.mean(differences), abs=1e-12) and c.low < c.mean < c.high
     assert (c.pairs, c.confidence) == (len(differences), confidence)
+
+
+# --- group means with unequal values ----------------------------------------------------------------------------
+
+# One variant's test accuracies per task and seed, and its learnable % per task (a task's head size sets it): unequal
+# values and unequal seed counts, so that the mean of group means, the mean over tasks and the mean over runs differ.
+UNEQUAL = {"digits": [80.0, 91.0], "mnist5k": [60.0], "sprites-loc": [40.0], "sprites-ori": [50.0, 53.0, 59.0],
+           "shapes-count": [71.0]}
+PCT = {"digits": 1.0, "mnist5k": 2.0, "sprites-loc": 3.0, "sprites-ori": 4.0, "shapes-count": 6.0}
+
+
+@pytest.fixture
+def unequal(tmp_path: Path) -> pd.DataFrame:
+    store = Store(tmp_path)
+    for task, accs in UNEQUAL.items():
+        for seed, acc in enumerate(accs):
+            store.write(record("linear", task, seed, acc, pct=PCT[task]))
+    return load_runs(tmp_path)
+
+
+def _group_means() -> dict[str, float]:
+    """The conventions computed here from the values: a task's cell is its mean over seeds, a group mean the mean
+    of its tasks' cells, the overall Mean the mean of the group means."""
+    task = {name: statistics.mean(accs) for name, accs in UNEQUAL.items()}
+    real = statistics.mean(task[t] for t in ("digits", "mnist5k"))
+    structured = statistics.mean(task[t] for t in ("sprites-loc", "sprites-ori", "shapes-count"))
+    means = {"mean:micro/real": real, "mean:micro/structured": structured,
+             "mean:overall": statistics.mean([real, structured])}
+    # The values are chosen so that no other averaging gives these numbers.
+    runs = [acc for accs in UNEQUAL.values() for acc in accs]
+    assert means["mean:overall"] not in (statistics.mean(task.values()), statistics.mean(runs))
+    assert real != statistics.mean([*UNEQUAL["digits"], *UNEQUAL["mnist5k"]])
+    return means
+
+
+def test_group_means_are_means_of_task_means_and_mean_is_the_mean_of_the_group_means(unequal: pd.DataFrame) -> None:
+    ((_, _, cells),) = suite_table(MICRO, unequal).rows
+    expected = _group_means()
+    assert {key: cells[key].mean for key in expected} == pytest.approx(expected, abs=1e-12)
+    assert cells["digits"].mean == pytest.approx(85.5) and cells["sprites-ori"].mean == pytest.approx(54.0)
+    # Printed as computed: 72.75, 55.0 and 63.875 to one decimal.
+    assert "| **85.5 ± 7.8** | **60.0** | **40.0** | **54.0 ± 4.6** | **71.0** | **72.8** | **55.0** | **63.9** | – |" \
+        in to_markdown(suite_table(MICRO, unequal))
+
+
+def test_summary_group_means_are_means_of_task_means(unequal: pd.DataFrame) -> None:
+    ((_, _, cells),) = summary_table(unequal).rows
+    expected = {key: value for key, value in _group_means().items() if key != "mean:overall"}
+    assert {key: cell.mean for key, cell in cells.items()} == pytest.approx(expected, abs=1e-12)
+
