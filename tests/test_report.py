@@ -496,3 +496,11 @@ def test_summary_group_means_are_means_of_task_means(unequal: pd.DataFrame) -> N
     expected = {key: value for key, value in _group_means().items() if key != "mean:overall"}
     assert {key: cell.mean for key, cell in cells.items()} == pytest.approx(expected, abs=1e-12)
 
+
+def test_params_is_the_mean_over_tasks_not_over_runs(unequal: pd.DataFrame) -> None:
+    # 3.2 over the five tasks; a mean over the eight runs would weigh digits and sprites-ori by their seeds: 3.125.
+    table = suite_table(MICRO, unequal)
+    ((_, _, cells),) = table.rows
+    assert cells["params"].mean == pytest.approx(statistics.mean(PCT.values()), abs=1e-12)
+    assert statistics.mean(PCT.values()) != statistics.mean(PCT[t] for t, accs in UNEQUAL.items() for _ in accs)
+    assert "| micro-vit | linear | 3.20 |" in to_markdown(table)
