@@ -129,7 +129,8 @@ def test_a_jax_npz_checkpoint_loads_into_the_backbone_and_gives_the_source_model
 
 @pytest.mark.parametrize("other, message", [
     (dict(depth=4), r"is not a JAX ViT checkpoint for this architecture \(missing .*encoderblock_4"),
-], ids=["depth"])
+    (dict(embed_dim=96), r"other shapes than .* \(width 192\): .*96.*; pass weights for the same ViT size"),
+], ids=["depth", "width"])
 def test_a_jax_npz_checkpoint_of_another_size_is_a_one_line_bench_error(tmp_path, other, message):
     path = tmp_path / "ViT-other.npz"
     _write_jax_npz(path, _source(**other), MICRO_ARCH["num_heads"])
