@@ -327,6 +327,11 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> tuple[str, str]:
             model.load_pretrained(str(path))
         except KeyError as exc:
             raise BenchError(f"{path} is not a JAX ViT checkpoint for this architecture (missing {exc})") from None
+        except RuntimeError as exc:  # timm copies each array into the model: another width does not fit
+            raise BenchError(
+                f"checkpoint {path} (npz form) has other shapes than {model.default_cfg.get('architecture')} "
+                f"(width {model.embed_dim}): {exc}; pass weights for the same ViT size"
+            ) from None
         return "npz", sha
 
     raw = _read_state(path)

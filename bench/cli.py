@@ -213,7 +213,7 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 
     from bench.backbone import backbone_entry
     from bench.engine import provenance
-    from bench.perf import NOISE_MARGIN, run_perf
+    from bench.perf import NOISE_MARGIN, exit_status, run_perf
 
     _registries()
     backbone_entry(args.backbone)
@@ -234,7 +234,7 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
     args.out.write_text(json.dumps({"backbone": args.backbone, "quick": args.quick, "noise_margin": NOISE_MARGIN,
                                     "machine": machine, "figures": [f.to_dict() for f in figures]}, indent=1))
     console.print(f"wrote {args.out}", highlight=False)
-    return 1 if any(f.status == "fail" for f in figures) else 0
+    return exit_status(figures)
 
 
 def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:

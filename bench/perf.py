@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,11 @@ class Figure:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status}
+
+
+def exit_status(figures: Sequence[Figure]) -> int:
+    """`bench perf`'s exit status: 1 when some figure misses its target by more than the noise margin, else 0."""
+    return 1 if any(f.status == "fail" for f in figures) else 0
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.config import RunSpec
 from bench.recipes import make_spec
 from bench.record import RunRecord
+from bench.scheduler import Grid
+from bench.store import Store
 
 
 def _baseline(path: Path, test_acc: float) -> None:
@@ -51,3 +54,30 @@ def test_missing_or_malformed_baseline_is_a_one_line_error(tmp_path: Path, capsy
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("bench: error:") for line in lines)
     assert "bench check --update" in lines[0] and "negative" in lines[2]
+
+
+def test_check_update_writes_a_baseline_of_the_default_subset_and_a_check_against_it_passes(
+    tmp_path: Path, tiny_registered: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import bench.check
+
+    backbone, task = tiny_registered
+    # The default subset's shape (a linear probe and a prompt method under spt-paper) on the tiny backbone and task:
+    # the real one trains twelve runs of the micro backbone for four epochs.
+    subset = Grid(["linear", "vpt-deep"], [task], [backbone], [0], {"epochs": ["1"]}, recipe="spt-paper")
+    monkeypatch.setattr(bench.check, "default_subset", lambda: subset)
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps a long path at 80 columns when not on a terminal
+    baseline = tmp_path / "baselines" / "check.json"
+    assert main(["check", "--update", "--baseline", str(baseline), "--results", str(tmp_path / "made")]) == 0
+    assert f"baseline written to {baseline}" in capsys.readouterr().out
+
+    runs = json.loads(baseline.read_text())["runs"]
+    specs = subset.fixed_specs()
+    assert [RunSpec(**run["spec"]) for run in runs] == specs
+    records = {record.id: record for record in Store(tmp_path / "made").records()}
+    assert [run["test_acc"] for run in runs] == [records[spec.run_id].metrics.test_acc for spec in specs]
+    assert all(record["status"] == "done" for record in records.values())
+
+    # The check recomputes every run in a fresh folder; seeded, each reaches its baseline exactly.
+    assert main(["check", "--baseline", str(baseline), "--tolerance", "0"]) == 0
+    assert "no regression" in capsys.readouterr().out

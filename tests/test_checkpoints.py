@@ -6,6 +6,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -75,6 +76,67 @@ FORMATS = {
     "module-prefix": ("checkpoint.pth.tar", _write_module_prefix, "mocov3"),
 }
 
+
+
+def _write_jax_npz(path: Path, state: dict[str, torch.Tensor], num_heads: int) -> None:
+    """Google's ViT `.npz` (google-research/vision_transformer, e.g. imagenet21k `ViT-B_16.npz`), written from a timm
+    state dict: flax names, convolution kernels HWIO, dense kernels in×out, attention kernels split per head."""
+    width = state["cls_token"].shape[-1]
+    per_head = width // num_heads
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    w = {
+        "embedding/kernel": state["patch_embed.proj.weight"].permute(2, 3, 1, 0),
+        "embedding/bias": state["patch_embed.proj.bias"],
+        "cls": state["cls_token"],
+        "Transformer/posembed_input/pos_embedding": state["pos_embed"],
+        "Transformer/encoder_norm/scale": state["norm.weight"],
+        "Transformer/encoder_norm/bias": state["norm.bias"],
+        "head/kernel": torch.zeros(width, 21843),  # the checkpoint's classifier, which a backbone drops
+        "head/bias": torch.zeros(21843),
+    }
+    for i in range(depth):
+        block, flax = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        for torch_norm, flax_norm in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
+            w[f"{flax}{flax_norm}/scale"] = state[f"{block}{torch_norm}.weight"]
+            w[f"{flax}{flax_norm}/bias"] = state[f"{block}{torch_norm}.bias"]
+        attention = f"{flax}MultiHeadDotProductAttention_1/"
+        weights = state[f"{block}attn.qkv.weight"].chunk(3)
+        biases = state[f"{block}attn.qkv.bias"].chunk(3)
+        for name, weight, bias in zip(("query", "key", "value"), weights, biases):
+            w[f"{attention}{name}/kernel"] = weight.T.reshape(width, num_heads, per_head)
+            w[f"{attention}{name}/bias"] = bias.reshape(num_heads, per_head)
+        w[f"{attention}out/kernel"] = state[f"{block}attn.proj.weight"].T.reshape(num_heads, per_head, width)
+        w[f"{attention}out/bias"] = state[f"{block}attn.proj.bias"]
+        for dense, fc in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+            w[f"{flax}MlpBlock_3/{dense}/kernel"] = state[f"{block}mlp.{fc}.weight"].T
+            w[f"{flax}MlpBlock_3/{dense}/bias"] = state[f"{block}mlp.{fc}.bias"]
+    with path.open("wb") as fh:
+        np.savez(fh, **{name: tensor.numpy() for name, tensor in w.items()})
+
+
+def test_a_jax_npz_checkpoint_loads_into_the_backbone_and_gives_the_source_models_features(tmp_path, images):
+    state = _source()
+    path = tmp_path / "ViT-micro.npz"
+    _write_jax_npz(path, state, MICRO_ARCH["num_heads"])
+    backbone = load_backbone("micro-vit", weights=path)
+    assert (backbone.checkpoint_format, backbone.checkpoint_sha256) == ("npz", _sha256(path))
+    _assert_holds(backbone.model, state)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **MICRO_ARCH).eval()
+    source.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.model(images), source(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("other, message", [
+    (dict(depth=4), r"is not a JAX ViT checkpoint for this architecture \(missing .*encoderblock_4"),
+    (dict(embed_dim=96), r"other shapes than .* \(width 192\): .*96.*; pass weights for the same ViT size"),
+], ids=["depth", "width"])
+def test_a_jax_npz_checkpoint_of_another_size_is_a_one_line_bench_error(tmp_path, other, message):
+    path = tmp_path / "ViT-other.npz"
+    _write_jax_npz(path, _source(**other), MICRO_ARCH["num_heads"])
+    with pytest.raises(BenchError, match=message) as info:
+        load_backbone("micro-vit", weights=path)
+    assert "\n" not in str(info.value)
 
 def _assert_holds(model, state):
     loaded = model.state_dict()

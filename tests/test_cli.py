@@ -163,3 +163,52 @@ def test_cli_main_user_error_is_one_line_exit_2(tmp_path, capsys, case):
     returncode = main(_run_args(tmp_path, case))
     captured = capsys.readouterr()
     _assert_one_line_error(returncode, captured.out, captured.err, case, tmp_path)
+
+
+def _tables(out: str) -> dict[str, list[str]]:
+    """Title -> the first cell of each row, from rich tables as `bench` prints them (wrapped rows leave it empty)."""
+    lines = out.splitlines()
+    tables: dict[str, list[str]] = {}
+    for title, top in zip(lines, lines[1:]):
+        if top.startswith("┏"):
+            tables[title.strip()] = []
+            current = tables[title.strip()]
+        elif title.startswith("│") and title.split("│")[1].strip():
+            current.append(title.split("│")[1].strip())
+    return tables
+
+
+def test_bench_list_shows_every_registered_name_and_alias(capsys, monkeypatch):
+    from bench.backbone import BACKBONES
+    from bench.cli import main
+    from bench.data import TASKS
+    from bench.method import METHODS
+    from bench.recipes import RECIPES
+
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps at 80 columns when not on a terminal
+    assert main(["list"]) == 0
+    tables = _tables(capsys.readouterr().out)
+    for kind, registry in {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "recipes": RECIPES}.items():
+        assert tables[kind] == [*registry.names(), *registry.aliases()], kind
+    assert {"spt-shallow", "spt-deep", "spt"} <= set(tables["methods"]) and "micro" in tables["tasks"]
+
+    assert main(["list", "tasks"]) == 0
+    assert list(_tables(capsys.readouterr().out)) == ["tasks"]
+
+
+def test_bench_list_recipes_shows_each_recipes_values_per_objective_and_their_sources(capsys, monkeypatch):
+    from bench.cli import main
+    from bench.recipes import RECIPES
+
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["list", "recipes"]) == 0
+    out = capsys.readouterr().out
+    tables = _tables(out)
+    assert tables.pop("recipes") == RECIPES.names()
+    recipes = RECIPES.entries()
+    assert len(tables) == len(recipes)
+    for entry, (title, objectives) in zip(recipes, tables.items()):
+        assert title.startswith(f"{entry.name}: applies to {', '.join(entry.obj.methods)}; ")
+        assert objectives == list(entry.obj.values)
+        for what, source in entry.obj.sources.items():
+            assert f"{what}: {source}" in re.sub(r"\s+", " ", out)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from bench.cli import main
 from bench.config import RunSpec
 from bench.report import (
     SHARED_CORES_BELOW, budget_table, build_report, compare, convergence_table, fig_init_ablation, init_ablation_stats,
-    last_third_gain, load_runs, suite_table, suites, to_latex, to_markdown, val_curves,
+    last_third_gain, load_runs, suite_table, suites, summary_table, to_latex, to_markdown, val_curves,
 )
 from bench.record import CpuShare, RunRecord
 from bench.store import Store
@@ -392,3 +395,110 @@ def test_report_process_learns_its_tables_from_the_task_families(results: Path, 
     assert done.returncode == 0, done.stderr
     header = (tmp_path / "micro.md").read_text().splitlines()[0]
     assert header.endswith("| Real | Structured | Mean | [n] |")
+
+
+# --- the paired bootstrap, pinned -------------------------------------------------------------------------------
+
+
+def paired_runs(a_minus_b: list[float]) -> pd.DataFrame:
+    """Runs of variants `a` and `b`, one (backbone, task, seed) pair per entry of `a_minus_b`, framed as `load_runs`
+    frames them, A's runs in the order of `a_minus_b`. B's accuracies are multiples of 1/4 and every entry a
+    multiple of 1/64, so each acc(a) − acc(b) is exactly its entry."""
+    rows = []
+    for i, difference in enumerate(a_minus_b):
+        base = 50.0 + 3.25 * i
+        pair = {"backbone": "micro-vit", "task": f"task-{i // 3}", "seed": i % 3}
+        rows.append({**pair, "method": "a", "variant": "a", "acc": base + difference})
+        rows.append({**pair, "method": "b", "variant": "b", "acc": base})
+    return pd.DataFrame(rows)
+
+
+def test_a_constant_paired_difference_has_a_bootstrap_interval_of_exactly_that_difference() -> None:
+    c = compare(paired_runs([2.5] * 7), "a", "b")
+    assert (c.pairs, c.mean, c.low, c.high) == (7, 2.5, 2.5, 2.5)
+
+
+@pytest.mark.parametrize("resamples, confidence, seed", [(10_000, 0.95, 0), (2_000, 0.9, 7)])
+def test_the_bootstrap_interval_is_numpys_percentiles_of_the_seeded_resample_means(
+    resamples: int, confidence: float, seed: int
+) -> None:
+    # Twelve differences in 64ths, spread so that neighbouring resample means rarely tie: a change of the
+    # percentile's interpolation shows.
+    differences = np.array([413, -97, 250, 31, 702, -188, 129, 566, -5, 333, 71, 458]) / 64
+    c = compare(paired_runs(list(differences)), "a", "b", resamples=resamples, confidence=confidence, seed=seed)
+    # The resample as documented: numpy's default generator seeded with `seed` draws `resamples` rows of pair
+    # indices, with replacement, over the pairs in the order A's runs come.
+    draws = np.random.default_rng(seed).integers(len(differences), size=(resamples, len(differences)))
+    means = np.array([differences[row].mean() for row in draws])
+    tail = (1 - confidence) / 2
+    assert (c.low, c.high) == tuple(np.percentile(means, [100 * tail, 100 * (1 - tail)]))
+    # The same percentiles from their definition (linear interpolation between order statistics), without numpy's.
+    ordered = sorted(means)
+
+    def percentile(q: float) -> float:
+        position = (len(ordered) - 1) * q
+        below = math.floor(position)
+        return ordered[below] + (position - below) * (ordered[below + 1] - ordered[below])
+
+    assert (c.low, c.high) == (pytest.approx(percentile(tail), abs=1e-12),
+                               pytest.approx(percentile(1 - tail), abs=1e-12))
+    assert c.mean == pytest.approx(statistics.mean(differences), abs=1e-12) and c.low < c.mean < c.high
+    assert (c.pairs, c.confidence) == (len(differences), confidence)
+
+
+# --- group means with unequal values ----------------------------------------------------------------------------
+
+# One variant's test accuracies per task and seed, and its learnable % per task (a task's head size sets it): unequal
+# values and unequal seed counts, so that the mean of group means, the mean over tasks and the mean over runs differ.
+UNEQUAL = {"digits": [80.0, 91.0], "mnist5k": [60.0], "sprites-loc": [40.0], "sprites-ori": [50.0, 53.0, 59.0],
+           "shapes-count": [71.0]}
+PCT = {"digits": 1.0, "mnist5k": 2.0, "sprites-loc": 3.0, "sprites-ori": 4.0, "shapes-count": 6.0}
+
+
+@pytest.fixture
+def unequal(tmp_path: Path) -> pd.DataFrame:
+    store = Store(tmp_path)
+    for task, accs in UNEQUAL.items():
+        for seed, acc in enumerate(accs):
+            store.write(record("linear", task, seed, acc, pct=PCT[task]))
+    return load_runs(tmp_path)
+
+
+def _group_means() -> dict[str, float]:
+    """The conventions computed here from the values: a task's cell is its mean over seeds, a group mean the mean
+    of its tasks' cells, the overall Mean the mean of the group means."""
+    task = {name: statistics.mean(accs) for name, accs in UNEQUAL.items()}
+    real = statistics.mean(task[t] for t in ("digits", "mnist5k"))
+    structured = statistics.mean(task[t] for t in ("sprites-loc", "sprites-ori", "shapes-count"))
+    means = {"mean:micro/real": real, "mean:micro/structured": structured,
+             "mean:overall": statistics.mean([real, structured])}
+    # The values are chosen so that no other averaging gives these numbers.
+    runs = [acc for accs in UNEQUAL.values() for acc in accs]
+    assert means["mean:overall"] not in (statistics.mean(task.values()), statistics.mean(runs))
+    assert real != statistics.mean([*UNEQUAL["digits"], *UNEQUAL["mnist5k"]])
+    return means
+
+
+def test_group_means_are_means_of_task_means_and_mean_is_the_mean_of_the_group_means(unequal: pd.DataFrame) -> None:
+    ((_, _, cells),) = suite_table(MICRO, unequal).rows
+    expected = _group_means()
+    assert {key: cells[key].mean for key in expected} == pytest.approx(expected, abs=1e-12)
+    assert cells["digits"].mean == pytest.approx(85.5) and cells["sprites-ori"].mean == pytest.approx(54.0)
+    # Printed as computed: 72.75, 55.0 and 63.875 to one decimal.
+    assert "| **85.5 ± 7.8** | **60.0** | **40.0** | **54.0 ± 4.6** | **71.0** | **72.8** | **55.0** | **63.9** | – |" \
+        in to_markdown(suite_table(MICRO, unequal))
+
+
+def test_summary_group_means_are_means_of_task_means(unequal: pd.DataFrame) -> None:
+    ((_, _, cells),) = summary_table(unequal).rows
+    expected = {key: value for key, value in _group_means().items() if key != "mean:overall"}
+    assert {key: cell.mean for key, cell in cells.items()} == pytest.approx(expected, abs=1e-12)
+
+
+def test_params_is_the_mean_over_tasks_not_over_runs(unequal: pd.DataFrame) -> None:
+    # 3.2 over the five tasks; a mean over the eight runs would weigh digits and sprites-ori by their seeds: 3.125.
+    table = suite_table(MICRO, unequal)
+    ((_, _, cells),) = table.rows
+    assert cells["params"].mean == pytest.approx(statistics.mean(PCT.values()), abs=1e-12)
+    assert statistics.mean(PCT.values()) != statistics.mean(PCT[t] for t, accs in UNEQUAL.items() for _ in accs)
+    assert "| micro-vit | linear | 3.20 |" in to_markdown(table)

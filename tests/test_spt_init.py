@@ -88,6 +88,22 @@ def test_spt_sampled_prompts_are_patch_tokens_of_their_block_over_the_train_spli
     assert not _members(prompts[0], with_position).any()
 
 
+
+def test_spt_shallow_prompts_are_patch_embeddings_entering_block_0_only(micro_vit):
+    split, seed, n = _noise_split(6), 3, 7
+    method = METHODS.get("spt-shallow")
+    config = method.config_cls.from_overrides({"num_prompts": str(n)})
+    adapted = method.build(config, _context(micro_vit, split, seed))
+    prompts = adapted.trunk.prompts.detach()
+    assert prompts.shape == (1, n, micro_vit.num_features) and adapted.info["depth"] == "shallow"
+    assert torch.unique(prompts[0], dim=0).shape[0] == n
+    oracle = _split_tokens(micro_vit, split)
+    assert _members(prompts[0], oracle[0]).all(), "a prompt is not a patch embedding of a training image"
+    assert not any(_members(prompts[0], tokens).any() for tokens in oracle[1:])
+    # The same draw as the deep method's first block: one construction, cut to one block.
+    deep = _build(micro_vit, split, seed, init="sampled", num_prompts=n).trunk.prompts.detach()
+    assert torch.equal(prompts[0], deep[0])
+
 def test_spt_draws_images_with_replacement_and_uses_only_those(micro_vit):
     """With init_images set, the images are drawn with replacement and prompts come from the drawn images only."""
     split, seed = _noise_split(8), 4

@@ -64,7 +64,7 @@ def _run(spy_patch, backbone: str, task: str, method: str, seed: int = 0, **over
     return record, spy
 
 
-@pytest.mark.parametrize("method", ["linear", "vpt-deep", "spt-deep", "vpt-shallow", "full"])
+@pytest.mark.parametrize("method", ["linear", "vpt-deep", "spt-deep", "vpt-shallow", "spt-shallow", "full"])
 def test_only_intended_parameters_train_and_frozen_backbone_is_bit_identical(monkeypatch, tiny_registered, method):
     backbone_name, task = tiny_registered
     record, spy = _run(monkeypatch, backbone_name, task, method, batch_size=16)
@@ -106,6 +106,7 @@ def test_record_counts_learnable_parameters(monkeypatch, tiny_registered):
         "vpt-shallow": n * d * 1 + head,
         "vpt-deep": n * d * depth + head,
         "spt-deep": n * d * depth + head,
+        "spt-shallow": n * d * 1 + head,
         "full": backbone_params + head,
     }
     for method, learnable in expected.items():
