@@ -76,7 +76,7 @@ def test_check_update_writes_a_baseline_of_the_default_subset_and_a_check_agains
     assert [RunSpec(**run["spec"]) for run in runs] == specs
     records = {record.id: record for record in Store(tmp_path / "made").records()}
     assert [run["test_acc"] for run in runs] == [records[spec.run_id].metrics.test_acc for spec in specs]
-    assert all(record["status"] == "done" for record in records.values())
+    assert all(record.status == "done" for record in records.values())
 
     # The check recomputes every run in a fresh folder; seeded, each reaches its baseline exactly.
     assert main(["check", "--baseline", str(baseline), "--tolerance", "0"]) == 0
