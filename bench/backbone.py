@@ -241,6 +241,15 @@ class LoadedBackbones:
         self._held: dict[tuple[Any, ...], Backbone] = {}
 
     def get(self, name: str, weights: str | Path | None = None, drop_path: float = 0.0) -> Backbone:
+        """A copy of the backbone for one run to adapt and train, loaded once."""
+        return copy.deepcopy(self._held_backbone(name, weights, drop_path))
+
+    def hold(self, name: str, weights: str | Path | None = None) -> None:
+        """Load the backbone (unless held) and hold it: a grid's pre-flight check, which loads every backbone to fail
+        early, then costs its runs nothing."""
+        self._held_backbone(name, weights, 0.0)
+
+    def _held_backbone(self, name: str, weights: str | Path | None, drop_path: float) -> Backbone:
         key = (name, drop_path, *_file_identity(weights or _packaged_file(name)))
         backbone = self._held.pop(key, None)
         if backbone is None:
@@ -249,7 +258,7 @@ class LoadedBackbones:
         self._held[key] = backbone  # re-inserted last: the dict's order is the recency order
         while len(self._held) > self.capacity:
             del self._held[next(iter(self._held))]
-        return copy.deepcopy(backbone)
+        return backbone
 
 
 def _packaged_file(name: str) -> Path | None:

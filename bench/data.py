@@ -128,6 +128,23 @@ class Task:
     protocol: str = "tune"
 
 
+class LoadedTasks:
+    """Tasks this process has loaded, by task and data root: the pre-flight check of a grid and all its runs read a
+    task's list files once. The splits are shared by the runs, so nothing changes them in place: a run reads through
+    its own `with_data_path` view."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self._held: dict[tuple[Task, Path | None], TaskData] = {}
+
+    def get(self, task: Task, data_root: Path | None) -> TaskData:
+        key = (task, data_root)
+        if key not in self._held:
+            self._held[key] = task.load(data_root)
+            self.loads += 1
+        return self._held[key]
+
+
 TASKS: Registry[Task] = Registry("task")
 
 

@@ -27,7 +27,7 @@ from bench import BenchError, recipes
 from bench.backbone import Backbone, LoadedBackbones
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
-from bench.data import TASKS, Preprocess, Split, Task, TaskData, tensor_batches
+from bench.data import TASKS, LoadedTasks, Preprocess, Split, Task, TaskData, tensor_batches
 from bench.decoded import DataPath, DecodeCache
 from bench.method import METHODS, Adapted, BuildContext, Probe
 from bench.record import CpuShare, Memory, Metrics, ParamCounts, Provenance, RunRecord, TaskInfo, Throughput, WallClock
@@ -47,12 +47,14 @@ class Caches:
         centroids: SPT's k-means centroids (see `methods.prompt`).
         decoded: decoded image files of file-backed splits (see `bench.decoded`).
         backbones: the backbones loaded, so that the runs a worker executes pay the checkpoint load once.
+        tasks: the tasks loaded, so that they read their list files once.
     """
 
     features: TensorCache = field(default_factory=TensorCache)
     centroids: TensorCache = field(default_factory=TensorCache)
     decoded: DecodeCache = field(default_factory=DecodeCache)
     backbones: LoadedBackbones = field(default_factory=LoadedBackbones)
+    tasks: LoadedTasks = field(default_factory=LoadedTasks)
 
     @classmethod
     def for_results(cls, root: Path) -> Caches:
@@ -149,7 +151,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
     task = TASKS.get(spec.task)
     data_path = DataPath(caches.decoded)
-    data = task.load(data_root).with_data_path(data_path)
+    data = caches.tasks.get(task, data_root).with_data_path(data_path)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
     # only stage that reads test; `fixed` trains on train, follows val and reports test.
     train_split = data.train.merged_with(data.val) if spec.stage == "final" else data.train

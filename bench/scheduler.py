@@ -171,7 +171,6 @@ def plan_run(request: RunRequest) -> Plan:
     Raises:
         BenchError: an input is missing or invalid.
     """
-    from bench.backbone import load_backbone
     from bench.data import TASKS
 
     if request.weights is not None and not request.weights.is_file():
@@ -181,10 +180,12 @@ def plan_run(request: RunRequest) -> Plan:
     check_writable(request.results)
     method_names = METHODS.resolve(request.methods)
     task_names = TASKS.resolve(request.tasks)
+    # Loaded through the caches this process's runs use (the runs of `--jobs 1`), so they are loaded once.
+    caches = _caches(request.results)
     for name in request.backbones:
         # Building the backbone once reads its checkpoint as every run would: safe to unpickle, a ViT of this
         # width, keys that convert; or finds its hub or packaged weights.
-        load_backbone(name, request.weights)
+        caches.backbones.hold(name, request.weights)
     sweeps = parse_sets(request.sets)
     if request.epochs is not None:
         sweeps["epochs"] = [str(request.epochs)]
@@ -193,7 +194,7 @@ def plan_run(request: RunRequest) -> Plan:
     for name in task_names:
         # Loading reads list files, not images: a missing dataset fails here, before the first run.
         task = TASKS.get(name)
-        task.load(request.data_root)
+        caches.tasks.get(task, request.data_root)
         tasks_by_protocol.setdefault(request.protocol or task.protocol, []).append(name)
     grids = {protocol: Grid(method_names, names, request.backbones, request.seeds, sweeps, weights, request.recipe)
              for protocol, names in tasks_by_protocol.items()}

@@ -36,7 +36,7 @@ from bench.progress import GridDisplay
 from bench.recipes import RECIPES, make_spec
 from bench.registry import Entry
 from bench.scheduler import (
-    Execution, Grid, GridEvents, RunRequest, execute, final_specs, plan_run, run_plan, select_best,
+    Execution, Grid, GridEvents, RunRequest, _caches, execute, final_specs, plan_run, run_plan, select_best,
 )
 from bench.record import RunRecord
 from bench.store import Store, summarise, variant_labels
@@ -674,6 +674,25 @@ def test_the_run_executes_the_plan_the_dry_run_lists_then_trains_the_val_best_se
     assert [o.spec for o in result.outcomes] and {o.status for o in result.outcomes} == {"done"}
     assert result.reported == finals and result.unselectable == []
     assert {r.id for r in Store(results).records()} == listed | {spec.run_id for spec in finals}
+
+
+def test_a_run_of_one_process_loads_each_task_and_backbone_once(tiny_registered, tmp_path, monkeypatch):
+    backbone, task = tiny_registered
+    entry = TASKS.entry(task)
+    loads = []
+
+    def counted(root=None):
+        loads.append(root)
+        return entry.obj.load(root)
+
+    monkeypatch.setitem(TASKS._entries, task, Entry(task, dataclasses.replace(entry.obj, load=counted), "counted"))
+    results = tmp_path / "results"
+    # Two methods × two seeds: the pre-flight check and the four runs share one load of each.
+    assert main(["run", "--methods", "linear,vpt-deep", "--tasks", task, "--backbone", backbone, "--seeds", "0,1",
+                 "--epochs", "1", "--protocol", "fixed", "--results", str(results)]) == 0
+    assert len(Store(results).records()) == 4
+    assert len(loads) == 1
+    assert _caches(results).backbones.loads == 1
 
 
 def test_the_plan_checks_inputs_before_anything_runs(tiny_registered, tmp_path):
