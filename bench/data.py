@@ -135,14 +135,15 @@ class LoadedTasks:
 
     def __init__(self) -> None:
         self.loads = 0
-        self._held: dict[tuple[Task, Path | None], TaskData] = {}
+        self._held: dict[tuple[str, Path | None], tuple[Task, TaskData]] = {}
 
     def get(self, task: Task, data_root: Path | None) -> TaskData:
-        key = (task, data_root)
-        if key not in self._held:
-            self._held[key] = task.load(data_root)
+        key = (task.name, data_root)
+        held = self._held.get(key)
+        if held is None or held[0] is not task:  # a task registered anew under its name is another task
+            held = self._held[key] = (task, task.load(data_root))
             self.loads += 1
-        return self._held[key]
+        return held[1]
 
 
 TASKS: Registry[Task] = Registry("task")
