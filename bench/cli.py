@@ -335,21 +335,24 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _print_recipes(registry: Any, console: Console) -> None:
-    """Every value a recipe sets, per backbone objective, and the reference file each comes from."""
+    """Every value a recipe sets, per scope (task family and/or backbone objective), its departures from the
+    reference code, and the reference file each value comes from."""
     for entry in registry.entries():
         recipe = entry.obj
+        seeds = ", ".join(map(str, recipe.final_seeds)) or "--seeds"
         table = Table(title=f"{entry.name}: applies to {', '.join(recipe.methods)}; default for "
-                            f"{', '.join(recipe.default_for) or 'none'}; warm-up {recipe.warmup_fraction} of epochs",
-                      title_justify="left")
-        for column in ("objective", "values", "tune grid"):
+                            f"{', '.join(recipe.default_for) or 'none'}; warm-up {recipe.warmup_fraction} of epochs; "
+                            f"final-stage seeds {seeds}", title_justify="left")
+        for column in ("scope", "hyper-parameters", "tune grid", "pipeline (others: the harness's)"):
             table.add_column(column)
-        for objective, values in recipe.values.items():
-            grid = recipe.search_for(objective)
-            table.add_row(objective, ", ".join(f"{k}={v}" for k, v in values.items()),
-                          ", ".join(f"{k} in {v}" for k, v in grid.items()))
+        for scope in dict.fromkeys([*recipe.values, *recipe.search, *recipe.protocol]):
+            table.add_row(scope, *(", ".join(f"{k}={v}" for k, v in part.get(scope, {}).items())
+                                   for part in (recipe.values, recipe.search, recipe.protocol)))
         console.print(table)
         for what, source in recipe.sources.items():
             console.print(f"  {what}: {source}", highlight=False, style="dim")
+        for departure in recipe.departures:
+            console.print(f"  departure: {departure}", highlight=False)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -395,14 +398,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def _dry_run(plan: Plan, store: Store, console: Console) -> int:
     table = Table(title="grid (dry run: nothing is executed)", title_justify="left")
-    for column in ("stage", "method", "task", "backbone", "seed", "hyper-parameters", "status", "id"):
+    for column in ("stage", "method", "task", "backbone", "seed", "recipe", "hyper-parameters", "pipeline", "status",
+                   "id"):
         table.add_column(column)
-    shown = {"lr", "weight_decay", "epochs", *plan.swept}
     for spec in plan.known:
         record = store.read(spec.run_id)
         status = record.status if record else "pending"
-        hparams = ", ".join(f"{k}={v}" for k, v in spec.hparams.items() if k in shown)
-        table.add_row(spec.stage, spec.method, spec.task, spec.backbone, str(spec.seed), hparams, status, spec.run_id)
+        # Every resolved value: the hyper-parameters, and the pipeline where it is not the harness's own.
+        hparams = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
+        pipeline = ", ".join(f"{k}={v}" for k, v in spec.protocol.items()) or "harness"
+        table.add_row(spec.stage, spec.method, spec.task, spec.backbone, str(spec.seed), spec.recipe or "none",
+                      hparams, pipeline, status, spec.run_id)
     console.print(table)
     line = f"{len(plan.known)} run(s)"
     if plan.tuning:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bench import BenchError
@@ -117,9 +117,15 @@ class RunSpec:
     weights: str | None = None
     stage: str = "fixed"  # fixed | tune (train -> val) | final (train+val -> test)
     recipe: str | None = None  # the named recipe `hparams` were resolved from (bench.recipes), if any
+    # The pipeline values that differ from the harness's defaults (`bench.protocol.Protocol.changes`). Written only
+    # when there are some: a run on the harness's own pipeline keeps the id it had before protocols existed.
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.protocol:
+            del out["protocol"]
+        return out
 
     @property
     def run_id(self) -> str:

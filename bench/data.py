@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import BenchError
 from bench.registry import Registry
 
 if TYPE_CHECKING:
     from bench.decoded import DataPath
+    from bench.imagefiles import ImageTransforms
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,9 +34,10 @@ class Split(Protocol):
         caller will use the images: a split may deliver them there (a file split augments on it)."""
         ...
 
-    def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        """The uint8 images at `index` (repeats allowed), in that order, untransformed by training augmentation,
-        in batches of `batch_size`."""
+    def image_batches(self, index: torch.Tensor, batch_size: int,
+                      generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """The uint8 images at `index` (repeats allowed), in that order, in batches of `batch_size`: through the
+        eval pipeline, or with a generator through the training augmentation, one seed per image drawn from it."""
         ...
 
     def merged_with(self, other: "Split") -> "Split":
@@ -44,6 +47,10 @@ class Split(Protocol):
     def with_data_path(self, data_path: DataPath) -> "Split":
         """This split, reading decoded images through a run's `data_path` (a split of image files); a split held
         in memory is itself."""
+        ...
+
+    def with_transforms(self, transforms: ImageTransforms) -> "Split":
+        """This split through other image pipelines (a recipe's); a split held in memory has none to replace."""
         ...
 
 
@@ -81,7 +88,9 @@ class TensorSplit:
     ) -> Iterator[Batch]:
         return tensor_batches(self.images, self.labels, batch_size, generator)
 
-    def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    def image_batches(self, index: torch.Tensor, batch_size: int,
+                      generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        # Held in memory, decoded once: no pipeline to augment with.
         for start in range(0, len(index), batch_size):
             yield self.images[index[start:start + batch_size]]
 
@@ -90,6 +99,10 @@ class TensorSplit:
 
     def with_data_path(self, data_path: DataPath) -> TensorSplit:
         return self
+
+    def with_transforms(self, transforms: ImageTransforms) -> TensorSplit:
+        raise BenchError("this task is generated in memory, already at its size: it has no image pipeline to replace; "
+                         "run it without a recipe's `transforms` (--set transforms=task)")
 
 
 @dataclass
@@ -103,6 +116,11 @@ class TaskData:
         """The same splits, reading decoded images through one run's `data_path`."""
         return TaskData(self.train.with_data_path(data_path), self.val.with_data_path(data_path),
                         self.test.with_data_path(data_path), self.info)
+
+    def with_transforms(self, transforms: ImageTransforms) -> TaskData:
+        """The same files through other image pipelines; `info` records the new pipelines."""
+        return TaskData(self.train.with_transforms(transforms), self.val.with_transforms(transforms),
+                        self.test.with_transforms(transforms), {**self.info, "transforms": transforms.describe()})
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ from bench import BenchError, recipes
 from bench.backbone import Backbone, LoadedBackbones
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
-from bench.data import TASKS, LoadedTasks, Preprocess, Split, Task, TaskData, tensor_batches
+from bench.data import TASKS, Batch, LoadedTasks, Preprocess, Split, Task, TaskData, tensor_batches
 from bench.decoded import DataPath, DecodeCache
 from bench.method import METHODS, Adapted, BuildContext, Probe
+from bench.protocol import PIPELINES, Protocol, init_head
 from bench.record import CpuShare, Memory, Metrics, ParamCounts, Provenance, RunRecord, TaskInfo, Throughput, WallClock
 
 EpochCallback = Callable[[int, int, float, float], None]
@@ -104,6 +105,7 @@ class Prepared:
 
     spec: RunSpec
     config: TrainConfig
+    pipeline: Protocol
     device: torch.device
     task: Task
     data: TaskData
@@ -149,9 +151,13 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     """Load the task and the backbone, let the method adapt it, and set up what each pass reads."""
     method = METHODS.get(spec.method)
     config: TrainConfig = method.config_cls.from_overrides(spec.hparams)
+    pipeline = Protocol.from_values(spec.protocol)
     task = TASKS.get(spec.task)
     data_path = DataPath(caches.decoded)
-    data = caches.tasks.get(task, data_root).with_data_path(data_path)
+    data = caches.tasks.get(task, data_root)
+    if pipeline.transforms != "task":
+        data = data.with_transforms(PIPELINES.get(pipeline.transforms))
+    data = data.with_data_path(data_path)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
     # only stage that reads test; `fixed` trains on train, follows val and reports test.
     train_split = data.train.merged_with(data.val) if spec.stage == "final" else data.train
@@ -161,16 +167,20 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     generator = torch.Generator().manual_seed(spec.seed)
     backbone = caches.backbones.get(spec.backbone, spec.weights, drop_path=config.drop_path)
     backbone.model.to(dev)
-    preprocess = Preprocess(backbone.input_size, backbone.mean, backbone.std).to(dev)
+    preprocess = Preprocess(backbone.input_size, *pipeline.mean_std(backbone.mean, backbone.std)).to(dev)
     if _is_cuda(dev):
         torch.cuda.reset_peak_memory_stats(dev)
 
     # Described before the method adapts it: methods that inject layers (peft's) add their parameters to the model.
     backbone_info = backbone.describe()
-    ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev, caches.centroids)
+    ctx = BuildContext(backbone, task.num_classes, train_split, preprocess, generator, dev, caches.centroids,
+                       pipeline)
     timers = {name: _Timer() for name in ("build", "feature_cache", "train", "eval", "test", "probe")}
     with timers["build"]:
         adapted = method.build(config, ctx)
+    if pipeline.head_init != Protocol.head_init:
+        # Drawn after the build, from the global RNG the build left: the default head's draws stay where they were.
+        init_head(adapted.head, pipeline.head_init)
     adapted.trunk.to(dev)
     adapted.head.to(dev)
     probe_batch = None
@@ -184,23 +194,23 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
         # reads; never on the seed or the head's hyper-parameters. The test split is never cached.
         # (The batch size is in the key only because float results may differ, in the last bits, across batch sizes.)
         source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone_info, spec.task,
-                  data.info, batch, dev.type)
+                  data.info, batch, dev.type, *([spec.protocol] if spec.protocol else []))
         train_name = "train+val" if spec.stage == "final" else "train"
         with timers["feature_cache"]:
             train_in = _cached_features(caches.features, source, train_name, adapted.trunk, train_split, preprocess,
-                                        batch, dev)
+                                        batch, dev, pipeline.precision)
             val_in = _cached_features(caches.features, source, "val", adapted.trunk, data.val, preprocess, batch,
-                                      dev) if scores_val else None
+                                      dev, pipeline.precision) if scores_val else None
         model: nn.Module = adapted.head
         prepare_batch: Callable[[torch.Tensor], torch.Tensor] = _identity
-        train_batches = lambda gen: tensor_batches(*train_in, batch, gen)  # noqa: E731
+        train_batches = lambda gen: _batches(tensor_batches(*train_in, batch, gen), batch, pipeline)  # noqa: E731
         val_batches = (lambda: tensor_batches(*val_in, batch)) if scores_val else None  # noqa: E731
     else:
         model = nn.Sequential(adapted.trunk, adapted.head)
         prepare_batch = preprocess
-        train_batches = lambda gen: train_split.batches(batch, gen, dev)  # noqa: E731
+        train_batches = lambda gen: _batches(train_split.batches(batch, gen, dev), batch, pipeline)  # noqa: E731
         val_batches = (lambda: data.val.batches(batch, device=dev)) if scores_val else None  # noqa: E731
-    return Prepared(spec, config, dev, task, data, train_split, backbone, backbone_info, preprocess, adapted,
+    return Prepared(spec, config, pipeline, dev, task, data, train_split, backbone, backbone_info, preprocess, adapted,
                     _learnable(adapted), generator, model, prepare_batch, train_batches, val_batches, probe_batch,
                     timers, data_path)
 
@@ -213,7 +223,7 @@ def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
             _measure(p.adapted.probe, p.adapted.trunk, p.probe_batch, curves)
     config, dev = p.config, p.device
     optimizer = _optimizer(p.learnable, config)
-    steps_per_epoch = math.ceil(len(p.train_split) / config.batch_size)
+    steps_per_epoch = steps_in_epoch(len(p.train_split), config.batch_size, p.pipeline.drop_last)
     epochs = config.epochs or p.task.epochs
     unit = steps_per_epoch if config.lr_step == "epoch" else 1
     lr_schedule = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch / unit),
@@ -222,13 +232,14 @@ def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
     for epoch in range(epochs):
         p.model.train()
         with p.timers["train"]:
-            train_loss = train_epoch(p.model, p.train_batches(p.generator), p.prepare, optimizer, lr_schedule, dev)
+            train_loss = train_epoch(p.model, p.train_batches(p.generator), p.prepare, optimizer, lr_schedule, dev,
+                                     p.pipeline.precision)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
         val_acc = None
         if p.val_batches is not None:
             with p.timers["eval"]:
-                val_acc = _accuracy(p.model, p.val_batches(), p.prepare, dev)
+                val_acc = _accuracy(p.model, p.val_batches(), p.prepare, dev, p.pipeline.precision)
             curves["val_acc"].append(val_acc)
         curves["train_loss"].append(train_loss)
         if p.probe_batch is not None:
@@ -246,14 +257,16 @@ def evaluate(p: Prepared) -> tuple[float | None, float]:
     with p.timers["test"]:
         # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
         model = nn.Sequential(p.adapted.trunk, p.adapted.head) if p.adapted.trunk_frozen else p.model
-        test_acc = _accuracy(model, p.data.test.batches(p.config.batch_size, device=p.device), p.preprocess, p.device)
+        test_acc = _accuracy(model, p.data.test.batches(p.config.batch_size, device=p.device), p.preprocess, p.device,
+                             p.pipeline.precision)
     return test_acc, p.timers["test"].seconds
 
 
 def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: float) -> RunRecord:
     """The run's record, as the store writes it."""
     spec, timers = p.spec, p.timers
-    train_images = fitted.epochs * len(p.train_split)
+    steps = steps_in_epoch(len(p.train_split), p.config.batch_size, p.pipeline.drop_last)
+    train_images = fitted.epochs * min(len(p.train_split), steps * p.config.batch_size)
     # Wall-clock from a run whose cores other work shared is not a benchmark; this says which runs those were.
     # Only on the CPU: a GPU run's CPU mostly waits on the device, so its share says nothing.
     shares = {phase: None if _is_cuda(p.device) else timers[phase].cpu_share(torch.get_num_threads())
@@ -263,6 +276,7 @@ def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: fl
         spec=spec,
         status="done",
         recipe=recipes.describe(spec.recipe) if spec.recipe else None,
+        protocol=p.pipeline.to_dict(),
         task=TaskInfo(p.task.name, p.task.group, p.task.num_classes, dict(p.data.info)),
         backbone=p.backbone_info,
         method_info=p.adapted.info,
@@ -287,7 +301,8 @@ def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: fl
         # Which decode-cache entries the splits read or built (with the first pass's cost), or why they read files;
         # empty when there was no cache and every pass decoded the files.
         data_path=p.data_path.events,
-        provenance=Provenance(**provenance(p.device), **_input_provenance(p.backbone, p.preprocess)),
+        provenance=Provenance(**provenance(p.device, p.pipeline.precision),
+                              **_input_provenance(p.backbone, p.preprocess, p.pipeline)),
     )
 
 
@@ -298,6 +313,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     lr_schedule: torch.optim.lr_scheduler.LRScheduler,
     dev: torch.device,
+    precision: str = "auto",
 ) -> float:
     """One pass of cross-entropy training over `batches`; returns the mean loss. A function of its own so that
     `bench perf` times exactly the loop the engine runs; the loss is summed on the device, read once per epoch."""
@@ -306,7 +322,7 @@ def train_epoch(
     seen = 0
     for inputs, labels in batches:
         inputs, labels = prepare(inputs.to(dev, non_blocking=True)), labels.to(dev, non_blocking=True)
-        with mixed_precision(dev):
+        with mixed_precision(dev, precision):
             loss = loss_fn(model(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -321,6 +337,21 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def steps_in_epoch(images: int, batch_size: int, drop_last: bool) -> int:
+    """Optimiser steps per epoch: every batch, or only the full ones with `drop_last` (a split smaller than one
+    batch still trains it: an epoch of no step would not be a run)."""
+    return max(1, images // batch_size) if drop_last else math.ceil(images / batch_size)
+
+
+def _batches(batches: Iterator[Batch], batch_size: int, pipeline: Protocol) -> Iterator[Batch]:
+    """`batches`, without the last partial one when the pipeline drops it (the shuffled order is drawn in full
+    either way, as a DataLoader with `drop_last` draws it)."""
+    for index, (inputs, labels) in enumerate(batches):
+        if pipeline.drop_last and index > 0 and len(labels) < batch_size:
+            return
+        yield inputs, labels
+
+
 @torch.no_grad()
 def _measure(probe: Probe, trunk: nn.Module, images: torch.Tensor, curves: dict[str, list[Any]]) -> None:
     """Append the method's probe measurements to `curves`, one entry per curve, in eval mode (no prompt dropout)."""
@@ -329,7 +360,7 @@ def _measure(probe: Probe, trunk: nn.Module, images: torch.Tensor, curves: dict[
         curves.setdefault(name, []).append(value)
 
 
-def _input_provenance(backbone: Backbone, preprocess: Preprocess) -> dict[str, Any]:
+def _input_provenance(backbone: Backbone, preprocess: Preprocess, pipeline: Protocol) -> dict[str, Any]:
     """The timm model the weights belong to, and exactly what was done to a uint8 image before the backbone."""
     hub = backbone.weights_source.startswith("hub:")
     return {
@@ -337,8 +368,7 @@ def _input_provenance(backbone: Backbone, preprocess: Preprocess) -> dict[str, A
         "transform": {
             "resize": f"bicubic, antialiased, to {preprocess.input_size}×{preprocess.input_size} when sizes differ",
             "scale": "uint8 / 255",
-            "mean": list(backbone.mean),
-            "std": list(backbone.std),
+            **dict(zip(("mean", "std"), map(list, pipeline.mean_std(backbone.mean, backbone.std)))),
         },
     }
 
@@ -411,21 +441,21 @@ def warmup_cosine(
 
 def _cached_features(
     cache: TensorCache, source: tuple[Any, ...], split_name: str, trunk: nn.Module, split: Split,
-    preprocess: Preprocess, batch_size: int, dev: torch.device,
+    preprocess: Preprocess, batch_size: int, dev: torch.device, precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    compute = lambda: _features(trunk, split, preprocess, batch_size, dev)  # noqa: E731
+    compute = lambda: _features(trunk, split, preprocess, batch_size, dev, precision)  # noqa: E731
     features, labels = cache.get_or_compute(cache_key(source, split_name), compute)
     return features.to(dev), labels.to(dev)
 
 
 @torch.no_grad()
 def _features(
-    trunk: nn.Module, split: Split, preprocess: Preprocess, batch_size: int, dev: torch.device
+    trunk: nn.Module, split: Split, preprocess: Preprocess, batch_size: int, dev: torch.device, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     trunk.eval()
     feats, labels = [], []
     for images, y in split.batches(batch_size, device=dev):
-        with mixed_precision(dev):
+        with mixed_precision(dev, precision):
             feats.append(trunk(preprocess(images.to(dev, non_blocking=True))).float())
         labels.append(y.to(dev, non_blocking=True))
     return torch.cat(feats), torch.cat(labels)
@@ -437,6 +467,7 @@ def _accuracy(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     prepare: Callable[[torch.Tensor], torch.Tensor],
     dev: torch.device,
+    precision: str = "auto",
 ) -> float:
     model.eval()
     # Counted on the device and read once: a read per batch would stop the host from preparing the next batch
@@ -444,17 +475,18 @@ def _accuracy(
     correct = torch.zeros((), dtype=torch.long, device=dev)
     count = 0
     for inputs, labels in batches:
-        with mixed_precision(dev):
+        with mixed_precision(dev, precision):
             predictions = model(prepare(inputs.to(dev, non_blocking=True))).argmax(dim=1)
         correct += (predictions == labels.to(dev, non_blocking=True)).sum()
         count += len(labels)
     return 100.0 * int(correct) / count
 
 
-def mixed_precision(dev: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (tensor cores; parameters, optimiser state and the loss stay fp32); fp32 on the CPU,
-    where bf16 is slower without AMX."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if _is_cuda(dev) else contextlib.nullcontext()
+def mixed_precision(dev: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """`auto`: bf16 autocast on CUDA (tensor cores; parameters, optimiser state and the loss stay fp32), fp32 on the
+    CPU, where bf16 is slower without AMX; `fp32`: fp32 everywhere (the SPT and VPT references)."""
+    bf16 = precision == "auto" and _is_cuda(dev)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def _peak_memory(dev: torch.device) -> Memory:
@@ -464,7 +496,7 @@ def _peak_memory(dev: torch.device) -> Memory:
     return Memory("process_peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def provenance(dev: torch.device) -> dict[str, Any]:
+def provenance(dev: torch.device, precision: str = "auto") -> dict[str, Any]:
     versions = {}
     for package in ("bench", "torch", "timm", "numpy"):
         try:
@@ -477,7 +509,7 @@ def provenance(dev: torch.device) -> dict[str, Any]:
         "torch_device": str(dev),
         "device": torch.cuda.get_device_name(dev) if _is_cuda(dev) else f"cpu ({platform.processor() or platform.machine()})",
         "torch_threads": torch.get_num_threads(),
-        "precision": "bf16 autocast" if _is_cuda(dev) else "fp32",
+        "precision": "bf16 autocast" if precision == "auto" and _is_cuda(dev) else "fp32",
     }
 
 

@@ -153,7 +153,14 @@ class FileSplit:
             return self._load(list(zip(order.tolist(), seeds or [None] * len(self))), batch_size)
         return self._read(stored, order.numpy(), seeds, batch_size, device)
 
-    def image_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    def image_batches(self, index: torch.Tensor, batch_size: int,
+                      generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        if generator is not None and self.transforms.train is not None:
+            # Through the training pipeline as the file path runs it, one seed per image (as `batches` draws them).
+            seeds = torch.randint(0, 2**62, (len(index),), generator=generator).tolist()
+            for images, _ in self._load(list(zip(index.tolist(), seeds)), batch_size):
+                yield images
+            return
         stored = self._stored(augment=False)
         if stored is not None:
             for start in range(0, len(index), batch_size):
@@ -172,6 +179,11 @@ class FileSplit:
             raise TypeError("a file split merges only with a split of the same task")
         return FileSplit(self.items + other.items, self.transforms, self.workers, self.cache, (self, other),
                          self.data_path)
+
+    def with_transforms(self, transforms: ImageTransforms) -> FileSplit:
+        # A pipeline that augments cannot be kept decoded in memory: every epoch must see fresh draws.
+        return FileSplit(self.items, transforms, self.workers, self.cache and transforms.train is None,
+                         tuple(part.with_transforms(transforms) for part in self.parts), self.data_path)
 
     def with_data_path(self, data_path: DataPath) -> FileSplit:
         return replace(self, parts=tuple(part.with_data_path(data_path) for part in self.parts), data_path=data_path)

@@ -17,6 +17,7 @@ from bench.backbone import Backbone
 from bench.cache import TensorCache
 from bench.config import TrainConfig
 from bench.data import Preprocess, Split
+from bench.protocol import Protocol
 from bench.registry import Registry
 
 
@@ -65,6 +66,7 @@ class BuildContext:
     Attributes:
         centroids: where SPT's k-means init keeps its centroids (the worker's, shared by a sweep's runs); a build
             given none computes them afresh.
+        pipeline: the run's pipeline values (SPT reads how to draw its prompt images and its shallow init).
     """
 
     backbone: Backbone
@@ -74,6 +76,7 @@ class BuildContext:
     generator: torch.Generator
     device: torch.device
     centroids: TensorCache = field(default_factory=TensorCache)
+    pipeline: Protocol = field(default_factory=Protocol)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,18 @@
-"""Recipes: the reference code's hyper-parameters, by name, resolved per backbone.
+"""Recipes: the reference code's protocol, by name, resolved per backbone objective and task family.
 
 A recipe is what a paper's code actually ran: optimiser, learning rate and weight decays per pre-training objective
-(the SPT reference uses lr 5e-2 on MAE and 1e-3 on MoCo-v3 and supervised backbones), schedule, batch, and the grid
-the `tune` protocol searches on val. Each value names the file it comes from, so a reader can check it.
+(the SPT reference uses lr 5e-2 on MAE and 1e-3 on MoCo-v3 and supervised backbones), schedule, batch, the grid
+the `tune` protocol searches on val, the final stage's seeds, and the pipeline around the method (`bench.protocol`:
+normalisation, image pipelines, head init, `drop_last`, precision, prompt images). Each value names the file it
+comes from, so a reader can check it.
+
+Every table of a recipe is keyed by scope: `<family>/<objective>` (`fgvc/mocov3`), a task family (`fgvc`, `vtab`,
+`micro`), an objective (`mae`, `mocov3`, `supervised`, `none`) or `*`; the first key that matches, in that order,
+gives the values. The paper recipes define their pipeline for the families their papers ran (FGVC and VTAB-1k); the
+micro suite keeps the harness's own pipeline, on which its committed study ran.
 
 Resolution, lowest to highest priority: the method's config defaults, the recipe's values for the backbone's
-objective (`*` covers every objective the recipe does not list), then the user's `--set`. A method that a recipe is
+objective, then the user's `--set` (which also sets protocol values: `--set precision=auto`). A method that a recipe is
 the default for (`default_for`) runs under it unless `--recipe` names another one or `none` (the config defaults).
 Epochs stay the task's (100 on FGVC and VTAB-1k, as both references train); a recipe's warm-up is a fraction of them
 (10 of 100 epochs in both references), so a shorter task keeps the reference's shape of schedule.
@@ -18,11 +25,12 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import BenchError
+from bench import BenchError, protocol
 from bench.backbone import backbone_entry
 from bench.config import RunSpec
 from bench.data import TASKS
 from bench.method import METHODS
+from bench.protocol import Protocol
 from bench.registry import Registry
 
 # `--recipe` values that are not registry names.
@@ -37,27 +45,49 @@ class Recipe:
     Attributes:
         methods: method names or globs the recipe applies to.
         default_for: methods (globs) that run under this recipe when no `--recipe` is given.
-        values: objective (`mae`, `mocov3`, `supervised`, `none`, or `*` for the rest) -> hyper-parameters.
-        search: objective -> the grid the `tune` protocol searches on val (hyper-parameter -> values).
+        values: scope -> hyper-parameters (see the module docstring for scopes).
+        search: scope -> the grid the `tune` protocol searches on val (hyper-parameter -> values).
+        protocol: scope -> pipeline values (`bench.protocol.Protocol`); a scope with none keeps the harness's.
+        final_seeds: the seeds of the final stage when `--seeds` is not given; empty: `--seeds`' default.
         warmup_fraction: warm-up length as a fraction of the run's epochs; None leaves `warmup_epochs` as resolved.
         sources: hyper-parameter (or topic) -> the reference file and line it comes from.
+        departures: where `bench` does not do what the reference code does, one line each (docs/recipes.md).
     """
 
     methods: tuple[str, ...]
     values: dict[str, dict[str, Any]]
     search: dict[str, dict[str, list[Any]]]
     default_for: tuple[str, ...] = ()
+    protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final_seeds: tuple[int, ...] = ()
     warmup_fraction: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    departures: tuple[str, ...] = ()
 
     def applies_to(self, method: str) -> bool:
         return any(fnmatch.fnmatchcase(method, pattern) for pattern in self.methods)
 
-    def values_for(self, objective: str) -> dict[str, Any]:
-        return dict(self.values.get(objective, self.values.get("*", {})))
+    def values_for(self, objective: str, family: str = "") -> dict[str, Any]:
+        return _scoped(self.values, family, objective)
 
-    def search_for(self, objective: str) -> dict[str, list[Any]]:
-        return dict(self.search.get(objective, self.search.get("*", {})))
+    def search_for(self, objective: str, family: str = "") -> dict[str, list[Any]]:
+        return _scoped(self.search, family, objective)
+
+    def protocol_for(self, objective: str, family: str) -> dict[str, Any]:
+        return _scoped(self.protocol, family, objective)
+
+
+def _scoped(table: dict[str, dict[str, Any]], family: str, objective: str) -> dict[str, Any]:
+    """The values of the first scope of `table` that matches: family/objective, family, objective, `*`."""
+    for scope in (f"{family}/{objective}", family, objective, "*"):
+        if scope in table:
+            return dict(table[scope])
+    return {}
+
+
+def task_family(task: str) -> str:
+    """`fgvc`, `vtab` or `micro`: the part of the task's group before `/`."""
+    return TASKS.get(task).group.split("/")[0]
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -67,6 +97,18 @@ _VPT = "KMnP/vpt"
 _SPT_MAE_LR = 5e-2
 _SPT_OTHER_LR = 1e-3
 
+# SPT's pipeline on the families its paper ran (Dataset/FGVC.py, Dataset/VTAB.py, train*.py).
+_SPT_PIPELINE = dict(normalisation="imagenet", drop_last=True, precision="fp32", prompt_images="train",
+                     shallow_init="sampled")
+_SPT_PROTOCOL = {
+    "fgvc": _SPT_PIPELINE,  # FGVC's own pipeline is SPT's (tasks/fgvc.py)
+    "vtab": {**_SPT_PIPELINE, "transforms": "spt-vtab"},
+}
+_SPT_PROTOCOL.update({f"{family}/mocov3": {**values, "head_init": "trunc-normal-0.01"}
+                      for family, values in list(_SPT_PROTOCOL.items())})
+_SPT_OTHER = dict(optimizer="adamw", lr=_SPT_OTHER_LR, min_lr=1e-8, weight_decay=1e-2, head_weight_decay=3.0,
+                  batch_size=32, lr_step="batch", drop_path=0.0)
+
 RECIPES.register(
     "spt-paper",
     Recipe(
@@ -75,14 +117,15 @@ RECIPES.register(
         values={
             "mae": dict(optimizer="adamw", lr=_SPT_MAE_LR, min_lr=1e-8, weight_decay=1e-2, head_weight_decay=0.5,
                         batch_size=32, lr_step="batch", drop_path=0.0),
-            "*": dict(optimizer="adamw", lr=_SPT_OTHER_LR, min_lr=1e-8, weight_decay=1e-2, head_weight_decay=3.0,
-                      batch_size=32, lr_step="batch", drop_path=0.0),
+            "mocov3": {**_SPT_OTHER, "init_images": 1},
+            "*": _SPT_OTHER,
         },
         # The reference publishes one learning rate per objective; the grid brackets it by a factor of 2.
         search={
             "mae": {"lr": [2 * _SPT_MAE_LR, _SPT_MAE_LR, _SPT_MAE_LR / 2]},
             "*": {"lr": [2 * _SPT_OTHER_LR, _SPT_OTHER_LR, _SPT_OTHER_LR / 2]},
         },
+        protocol=_SPT_PROTOCOL,
         warmup_fraction=0.1,
         sources={
             "optimizer": f"{_SPT} train_MAE.py: torch.optim.AdamW over utils.param_groups_weight_decay",
@@ -91,20 +134,46 @@ RECIPES.register(
                 "--warmup_epochs 10 --epochs 100 --drop_path 0.0",
             "lr, weight_decay, head_weight_decay (mocov3, supervised)":
                 f"{_SPT} README.md, MoCo/supervised command: --lr 1e-3 --weight_decay 1e-2 --wd_head 3.0",
-            "batch_size": f"{_SPT} README.md --batch_size 32, which train_MAE.py create_dataset divides over the "
+            "batch_size": f"{_SPT} README.md --batch_size 32, which train_MAE.py:72 divides over the "
                           "2 GPUs: 32 images per step in all",
+            "drop_last": f"{_SPT} train_MAE.py:82-87 (train.py:82-87, train_MoCo.py:83-88): the train DataLoader "
+                         "drops the last partial batch; floor(N/32) = floor(ceil(N/2)/16) steps for every even N",
             "schedule": f"{_SPT} utils.py adjust_learning_rate: linear warm-up from 0, half-cycle cosine to min_lr, "
-                        "per step",
+                        "per step; step_per_epoch = len(train_loader) (train_MAE.py:450)",
             "num_prompts": f"{_SPT} README.md: 20 for deep, 100 for shallow (the methods' defaults)",
+            "normalisation": f"{_SPT} Dataset/FGVC.py:51, Dataset/VTAB.py:55: ImageNet mean/std for every backbone "
+                             "(train.py, supervised in21k, included)",
+            "transforms (fgvc)": f"{_SPT} Dataset/FGVC.py:47-59: RandomResizedCrop(224, bicubic)+flip / "
+                                 "Resize(256, bicubic)+CenterCrop(224), tasks/fgvc.py's own pipeline",
+            "transforms (vtab)": f"{_SPT} Dataset/VTAB.py:51-63 (all 19 tasks): Resize(224, bicubic) then "
+                                 "CenterCrop(224), train and test alike",
+            "head_init": f"{_SPT} train_MAE.py:273, train.py:250: trunc_normal_(std=.02); train_MoCo.py:260: std=.01",
+            "init_images (mocov3)": f"{_SPT} train_MoCo.py:100 prompt_generator(..., sample_size=1): one image; "
+                                    "train_MAE.py:99-103, train.py:99-103: len(train_data)",
+            "prompt_images": f"{_SPT} train_MAE.py:101,109: prompt images come from the training dataset object, "
+                             "through its training transform (random crop and flip on FGVC)",
+            "shallow_init": f"{_SPT} train_MAE.py:211-222 (train.py:189-200, train_MoCo.py:192-203): the shallow "
+                            "branch ignores --prompt_sample_type and samples patch tokens",
+            "precision": f"{_SPT} no autocast or GradScaler in any .py: fp32",
         },
+        departures=(
+            "DistributedSampler's per-rank padding and order (2 ranks) are not emulated: one shuffled order of N",
+            "prompt images' crops and flips are seeded from the run's generator; SPT draws from torch's unseeded "
+            "global RNG",
+            "k-means init exists only for MAE-deep in the reference; bench offers it on every backbone",
+            "the micro suite keeps the harness's own pipeline (its committed study ran on it)",
+        ),
     ),
     "the SPT reference's recipe (AdamW, lr 5e-2 on MAE / 1e-3 otherwise, separate head weight decay)",
 )
 
-# VPT's tune_fgvc.py searches base learning rates per 256 images and scales them by batch/256; at its batch of
-# 128 every base value is halved. `--set batch_size` does not rescale: set lr with it.
+# VPT's tune_fgvc.py and tune_vtab.py search base learning rates per 256 images and scale them by batch/256; at its
+# batch of 128 every base value is halved. `--set batch_size` does not rescale: set lr with it.
 _VPT_BATCH = 128
 _VPT_BASE_LRS = [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1]
+_VPT_VTAB_BASE_LRS = [*_VPT_BASE_LRS, 0.05]
+_VPT_WEIGHT_DECAYS = [0.01, 1e-3, 1e-4, 0.0]
+_VPT_PIPELINE = dict(normalisation="imagenet", head_init="kaiming-fan-out", precision="fp32")
 
 RECIPES.register(
     "vpt-paper",
@@ -113,8 +182,12 @@ RECIPES.register(
         default_for=("vpt-*",),
         values={"*": dict(optimizer="sgd", lr=0.1, min_lr=0.0, weight_decay=0.01, head_weight_decay=None,
                           batch_size=_VPT_BATCH, lr_step="epoch", drop_path=0.0)},
-        search={"*": {"lr": [base * _VPT_BATCH / 256 for base in _VPT_BASE_LRS],
-                      "weight_decay": [0.01, 1e-3, 1e-4, 0.0]}},
+        search={
+            "vtab": {"lr": [base * _VPT_BATCH / 256 for base in _VPT_VTAB_BASE_LRS], "weight_decay": _VPT_WEIGHT_DECAYS},
+            "*": {"lr": [base * _VPT_BATCH / 256 for base in _VPT_BASE_LRS], "weight_decay": _VPT_WEIGHT_DECAYS},
+        },
+        protocol={"fgvc": {**_VPT_PIPELINE, "transforms": "vpt-fgvc"}, "vtab": _VPT_PIPELINE},
+        final_seeds=(42, 44, 82, 100, 800),
         warmup_fraction=0.1,
         sources={
             "optimizer": f"{_VPT} configs/base-prompt.yaml: SGD, momentum 0.9; src/solver/optimizer.py decays every "
@@ -122,10 +195,31 @@ RECIPES.register(
             "batch_size, epochs, warm-up": f"{_VPT} configs/base-prompt.yaml: BATCH_SIZE 128, TOTAL_EPOCH 100, "
                                           "WARMUP_EPOCH 10, cosine",
             "lr_step": f"{_VPT} src/engine/trainer.py train_classifier: scheduler.step() once per epoch",
-            "search": f"{_VPT} tune_fgvc.py prompt_main: lr in {_VPT_BASE_LRS} scaled by batch/256, "
-                      "wd in [0.01, 0.001, 0.0001, 0.0]",
+            "search (fgvc)": f"{_VPT} tune_fgvc.py:151-157 prompt_main: lr in {_VPT_BASE_LRS} scaled by batch/256 "
+                             "(tune_vtab.py:100), wd in [0.01, 0.001, 0.0001, 0.0]",
+            "search (vtab)": f"{_VPT} tune_vtab.py:245-251: the FGVC grid plus lr 0.05",
             "lr, weight_decay (fixed protocol)": f"{_VPT} configs/prompt/cub.yaml: BASE_LR 0.1, WEIGHT_DECAY 0.01",
+            "drop_last": f"{_VPT} src/data/loader.py:53-58: drop_last only with NUM_GPUS > 1; "
+                         "configs/base-prompt.yaml:1 NUM_GPUS 1: the last partial batch trains",
+            "normalisation": f"{_VPT} src/data/transforms.py:8-10 (FGVC), src/data/datasets/tf_dataset.py:75-76 "
+                             "(VTAB): ImageNet mean/std for every backbone",
+            "transforms (fgvc)": f"{_VPT} src/data/transforms.py:20-40: Resize(256)+RandomCrop(224)+flip / "
+                                 "Resize(256)+CenterCrop(224), torchvision's default bilinear",
+            "head_init": f"{_VPT} src/models/mlp.py:52-57: kaiming_normal_(a=0, mode='fan_out'), bias "
+                         "-log((1-0.01)/0.01); src/models/vit_models.py:159-165 (special_bias=True)",
+            "final_seeds": f"{_VPT} tune_vtab.py:284: five final runs, seeds 42, 44, 82, 100, 800",
+            "precision": f"{_VPT} no autocast in src/engine/*.py: fp32",
         },
+        departures=(
+            "VTAB: PIL bicubic squash of the NOAH/SSF JPEG dump, where VPT resizes TFDS images with "
+            "tf.image.resize (bilinear, no antialias; src/data/datasets/tf_dataset.py:148-156)",
+            "MAE: pools through the checkpoint's `norm`, where VPT adds a fresh identity-affine fc_norm "
+            "(src/models/vit_backbones/vit_mae.py:21-25)",
+            "VPT-deep: prompt dropout 0.0; the paper's commands use 0.1 (demo.ipynb:110-175): --set prompt_dropout=0.1",
+            "FGVC final stage trains on train+val; VPT trains FGVC on train only (train.py:66-71)",
+            "prompt length and batch per task come from an external release (README.md:140), not the repository",
+            "the micro suite keeps the harness's own pipeline (its committed study ran on it)",
+        ),
     ),
     "the VPT reference's recipe (SGD, lr x weight-decay grid on val with lr scaled by batch/256)",
 )
@@ -157,23 +251,31 @@ def check_recipe(requested: str, methods: list[str]) -> None:
         )
 
 
-def search_grid(method: str, backbone: str, recipe: str | None) -> dict[str, list[Any]]:
-    """The grid the `tune` protocol searches for `method` on `backbone`: the recipe's, else the method's own."""
+def search_grid(method: str, backbone: str, recipe: str | None, task: str) -> dict[str, list[Any]]:
+    """The grid the `tune` protocol searches for `method` on `backbone` and `task`: the recipe's, else the
+    method's own."""
     if recipe is None:
         return dict(METHODS.get(method).search)
-    return RECIPES.get(recipe).search_for(backbone_entry(backbone).objective)
+    return RECIPES.get(recipe).search_for(backbone_entry(backbone).objective, task_family(task))
+
+
+def final_seeds(method: str, recipe: str | None) -> tuple[int, ...]:
+    """The seeds the recipe's final stage runs (VPT's five); empty when the recipe names none."""
+    name = recipe_for(method, recipe)
+    return RECIPES.get(name).final_seeds if name is not None else ()
 
 
 def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
                     overrides: dict[str, Any]) -> dict[str, Any]:
     """The method's full, validated hyper-parameters for `task` on `backbone` under `recipe` (a name or None),
-    with `overrides` on top; epochs 0 becomes the task's default."""
+    with `overrides` on top (protocol values among them are ignored here); epochs 0 becomes the task's default."""
     values: dict[str, Any] = {}
     warmup_fraction = None
     if recipe is not None:
         chosen = RECIPES.get(recipe)
-        values = chosen.values_for(backbone_entry(backbone).objective)
+        values = chosen.values_for(backbone_entry(backbone).objective, task_family(task))
         warmup_fraction = chosen.warmup_fraction
+    overrides = {k: v for k, v in overrides.items() if k not in protocol.FIELDS}
     config_cls = METHODS.get(method).config_cls
     values = {k: v for k, v in values.items() if k in config_cls.__dataclass_fields__}
     hparams = config_cls.from_overrides({**values, **overrides}).to_dict()
@@ -184,16 +286,26 @@ def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
     return hparams
 
 
+def resolve_protocol(task: str, backbone: str, recipe: str | None, overrides: dict[str, Any]) -> Protocol:
+    """The pipeline for `task` on `backbone` under `recipe`, with the protocol values of `overrides` on top."""
+    values = RECIPES.get(recipe).protocol_for(backbone_entry(backbone).objective, task_family(task)) \
+        if recipe is not None else {}
+    return Protocol.from_values({**values, **{k: v for k, v in overrides.items() if k in protocol.FIELDS}})
+
+
 def make_spec(method: str, task: str, backbone: str, seed: int, overrides: dict[str, Any] | None = None,
               recipe: str | None = DEFAULT, weights: str | None = None, stage: str = "fixed") -> RunSpec:
-    """A run spec with every hyper-parameter resolved, recording the recipe it was resolved under."""
+    """A run spec with every hyper-parameter and pipeline value resolved, recording the recipe it was resolved
+    under; the spec keeps the pipeline values that differ from the harness's defaults."""
     name = recipe_for(method, recipe)
     hparams = resolve_hparams(method, task, backbone, name, dict(overrides or {}))
-    return RunSpec(method, task, backbone, seed, hparams, weights, stage, name)
+    pipeline = resolve_protocol(task, backbone, name, dict(overrides or {}))
+    return RunSpec(method, task, backbone, seed, hparams, weights, stage, name, pipeline.changes())
 
 
 def describe(name: str) -> dict[str, Any]:
     """A recipe as a record stores it: its values per objective, its search grids and its sources. Its name lists
     are lists, as JSON reads them back, so that a run's record equals its stored copy."""
     recipe = dataclasses.asdict(RECIPES.get(name))
-    return {"name": name, **recipe, "methods": list(recipe["methods"]), "default_for": list(recipe["default_for"])}
+    return {"name": name, **recipe, **{key: list(recipe[key]) for key in ("methods", "default_for", "final_seeds",
+                                                                        "departures")}}

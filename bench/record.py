@@ -147,6 +147,9 @@ class RunRecord:
     schema_version: int = _doc("the layout of this record (see `bench/record.py`)", default=SCHEMA_VERSION)
     recipe: dict[str, Any] | None = _doc("the named recipe the hyper-parameters were resolved from, with every value "
                                          "and its source; null when none", default=None)
+    protocol: dict[str, Any] | None = _doc("every pipeline value the run used (`bench.protocol.Protocol`): "
+                                           "normalisation, image pipelines, head init, drop_last, precision, "
+                                           "prompt images; absent in records older than this field", default=None)
     task: TaskInfo | None = _doc("the task as the run saw it", default=None)
     backbone: dict[str, Any] | None = _doc("the backbone: name, timm architecture, objective, pooling, input size, "
                                            "mean/std, weights source and checkpoint sha256", default=None)
@@ -170,7 +173,7 @@ class RunRecord:
     traceback: str | None = _doc("failed runs: the last frames of the traceback", default=None)
 
     # Fields a version-1 record may lack, written back only when present.
-    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share"})
+    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol"})
     _FAILED_FIELDS: ClassVar[tuple[str, ...]] = ("id", "spec", "status", "schema_version", "error", "traceback")
 
     @classmethod
@@ -230,7 +233,7 @@ class RunRecord:
 
         return cls(
             id=data["id"], spec=spec, status=data["status"], schema_version=SCHEMA_VERSION,
-            recipe=data.get("recipe"), task=section("task", TaskInfo), backbone=data.get("backbone"),
+            recipe=data.get("recipe"), protocol=data.get("protocol"), task=section("task", TaskInfo), backbone=data.get("backbone"),
             method_info=data.get("method_info"), curves=data.get("curves"), metrics=section("metrics", Metrics),
             params=section("params", ParamCounts), extra_tokens=data.get("extra_tokens"),
             wallclock=section("wallclock", WallClock), cpu_share=section("cpu_share", CpuShare),

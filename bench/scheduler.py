@@ -29,6 +29,7 @@ from bench.atomic import WriteFailed
 from bench.config import RunSpec
 from bench.engine import Caches, run
 from bench.method import METHODS
+from bench.protocol import FIELDS as PROTOCOL_FIELDS
 from bench.record import RunRecord
 from bench.store import Store
 
@@ -67,7 +68,8 @@ class Grid:
 
     @staticmethod
     def _fields(method: str) -> set[str]:
-        return set(METHODS.get(method).config_cls.__dataclass_fields__)
+        """What `--set` may name for `method`: its hyper-parameters and the pipeline values (`bench.protocol`)."""
+        return set(METHODS.get(method).config_cls.__dataclass_fields__) | PROTOCOL_FIELDS
 
     def _points(self, method: str, search: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
         """Every combination of `search`, overridden by the user's sweeps for the keys this method has."""
@@ -86,10 +88,14 @@ class Grid:
         specs: list[RunSpec] = []
         for method, backbone in itertools.product(self.methods, self.backbones):
             recipe = recipes.recipe_for(method, self.recipe)
-            search = recipes.search_grid(method, backbone, recipe) if use_search else {}
-            for point, task in itertools.product(list(self._points(method, search)), self.tasks):
-                specs.extend(recipes.make_spec(method, task, backbone, s, point, self.recipe, self.weights, stage)
-                             for s in seeds)
+            points = {task: list(self._points(method, recipes.search_grid(method, backbone, recipe, task)
+                                              if use_search else {})) for task in self.tasks}
+            # Point by point, every task at each point: a grid's order whether or not a recipe's grid differs by
+            # task family (VPT's VTAB grid has one learning rate more than its FGVC one).
+            for index in range(max(map(len, points.values()), default=0)):
+                for task in (t for t in self.tasks if index < len(points[t])):
+                    specs.extend(recipes.make_spec(method, task, backbone, s, points[task][index], self.recipe,
+                                                   self.weights, stage) for s in seeds)
         return list({spec.run_id: spec for spec in specs}.values())
 
 

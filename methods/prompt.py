@@ -272,10 +272,13 @@ class SPTDeepConfig(SPTConfig):
     num_prompts: int = DEEP_PROMPTS
 
 
-def construct_prompts(config: SPTConfig, ctx: BuildContext, layers: int) -> tuple[torch.Tensor, dict]:
-    """SPT's prompts for the first `layers` blocks from the training split, streamed batch by batch."""
+def construct_prompts(config: SPTConfig, ctx: BuildContext, layers: int, init: str | None = None
+                      ) -> tuple[torch.Tensor, dict]:
+    """SPT's prompts for the first `layers` blocks from the training split, streamed batch by batch, built as
+    `init` says (`config.init` when None). The images go through the pipeline `ctx.pipeline.prompt_images` names."""
     vit = ctx.backbone.model
-    strategy = INITIALISERS.get(config.init)
+    init = init or config.init
+    strategy = INITIALISERS.get(init)
     n, length = config.num_prompts, vit.patch_embed.num_patches
     count = config.init_images or len(ctx.train)
     picks = torch.randint(len(ctx.train), (count,), generator=ctx.generator)
@@ -284,14 +287,15 @@ def construct_prompts(config: SPTConfig, ctx: BuildContext, layers: int) -> tupl
     keep = strategy.keep(total, n, config)
     if total < keep:
         raise BenchError(
-            f"init={config.init} needs {keep} tokens per block but {count} image(s) give {total}; "
+            f"init={init} needs {keep} tokens per block but {count} image(s) give {total}; "
             "raise init_images or lower num_prompts"
         )
     orders = [torch.randperm(total, generator=ctx.generator)[:keep] for _ in range(layers)]
     drawn = [torch.empty(keep, vit.embed_dim) for _ in range(layers)]
     digest = hashlib.sha256()
     offset = 0
-    for raw in ctx.train.image_batches(picks, config.batch_size):
+    augment = ctx.generator if ctx.pipeline.prompt_images == "train" else None
+    for raw in ctx.train.image_batches(picks, config.batch_size, augment):
         digest.update(raw.contiguous().numpy().tobytes())
         blocks = patch_tokens_per_block(vit, ctx.preprocess(raw.to(ctx.device)))
         for block, tokens in zip(range(layers), blocks):
@@ -307,7 +311,11 @@ def construct_prompts(config: SPTConfig, ctx: BuildContext, layers: int) -> tupl
         source = cache_key(backbone, digest.hexdigest(), block, keep, ctx.device.type)
         block_ctx = InitContext(ctx.generator, source, ctx.centroids)
         prompts.append(strategy.finish(drawn[block].to(ctx.device), n, block_ctx).float().cpu())
-    return torch.stack(prompts), {"init": config.init, "init_images": count, "tokens_per_block": keep}
+    info = {"init": config.init, "init_images": count, "tokens_per_block": keep,
+            "prompt_images": ctx.pipeline.prompt_images}
+    if init != config.init:
+        info["init_effective"] = init
+    return torch.stack(prompts), info
 
 
 def build_prompts(config: VPTConfig, ctx: BuildContext, deep: bool) -> tuple[torch.Tensor, dict]:
@@ -317,7 +325,10 @@ def build_prompts(config: VPTConfig, ctx: BuildContext, deep: bool) -> tuple[tor
         init = config.init if isinstance(config, SPTConfig) else "random"
         prompts, info = vpt_uniform(vit, layers, config.num_prompts, ctx.generator), {"init": init}
     else:
-        prompts, info = construct_prompts(config, ctx, layers)
+        # The SPT reference's shallow branch samples patch tokens whatever its sample type says
+        # (train_MAE.py:211-222); `shallow_init=as_named` pools or clusters as `init` names instead.
+        as_reference = not deep and ctx.pipeline.shallow_init == "sampled"
+        prompts, info = construct_prompts(config, ctx, layers, "sampled" if as_reference else None)
     if isinstance(config, SPTConfig) and config.prompt_norm > 0:
         # A positive factor per token: LayerNorm, the only way a block reads a prompt, cancels it.
         prompts = prompts * (config.prompt_norm / prompts.norm(dim=-1, keepdim=True).clamp_min(1e-12))

@@ -22,6 +22,7 @@ from bench.datafetch import HubFile, ImageArchive, ManualImages, SplitDataset, S
     register_fetch
 from bench.imagefiles import ImageTransforms
 from bench.layouts import DataSource, Located, PathLog, image_base, read_json_map, read_txt_list, remap_contiguous
+from bench.protocol import PIPELINES
 
 BICUBIC = T.InterpolationMode.BICUBIC
 TRANSFORMS = ImageTransforms(
@@ -32,6 +33,12 @@ TRANSFORMS = ImageTransforms(
     # upsampled from fewer pixels than the original file holds; the record's `train_from_cache` says so.
     stored=256,
 )
+# VPT's FGVC pipelines (KMnP/vpt src/data/transforms.py:20-40), torchvision's default (bilinear) interpolation; the
+# `vpt-paper` recipe puts them in place of the family's own, which are SPT's (Dataset/FGVC.py:47-59).
+VPT_TRANSFORMS = PIPELINES.register("vpt-fgvc", ImageTransforms(
+    train=T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip()]),
+    eval=T.Compose([T.Resize(256), T.CenterCrop(224)]),
+), "VPT's FGVC pipelines: Resize(256, bilinear)+RandomCrop(224)+flip / Resize(256, bilinear)+CenterCrop(224)")
 VAL_FRACTION = 0.1  # VPT's FGVC val splits hold out 10% of the official training set
 
 

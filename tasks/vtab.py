@@ -19,9 +19,15 @@ from torchvision import transforms as T
 from bench.data import TASKS, Task, TaskGroup, register_group, register_task
 from bench.datafetch import HubFile, TaskFolderArchive, register_fetch
 from bench.imagefiles import ImageTransforms
+from bench.protocol import PIPELINES
 from bench.layouts import DataSource, Located, PathLog, read_txt_list
 
 TRANSFORMS = ImageTransforms(eval=T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC)]))
+# SPT's VTAB pipeline (SinAxCosB/Self-Prompt-Tuning Dataset/VTAB.py, all 19 tasks, train and test alike): the
+# shorter side to 224, then the centre square, so wide images (KITTI, CLEVR) lose their sides.
+SPT_TRANSFORMS = PIPELINES.register("spt-vtab", ImageTransforms(
+    eval=T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)]),
+), "SPT's VTAB pipeline: Resize(224, bicubic) of the shorter side, then CenterCrop(224)")
 VTAB_FOLDERS = ("vtab-1k", "vtab")
 LISTS = {"train800.txt": "train", "val200.txt": "val", "train800val200.txt": "trainval", "test.txt": "test"}
 GROUP_FOLDERS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}

@@ -245,9 +245,9 @@ class GuardedSplit:
         self._read("batches")
         return self.inner.batches(batch_size, generator, device)
 
-    def image_batches(self, index, batch_size):
+    def image_batches(self, index, batch_size, generator=None):
         self._read("image_batches")
-        return self.inner.image_batches(index, batch_size)
+        return self.inner.image_batches(index, batch_size, generator)
 
     def merged_with(self, other):
         self._read("merged_with")

@@ -49,16 +49,20 @@ def test_prompt_counts_are_the_references_20_deep_and_100_shallow():
 
 
 def test_vpt_paper_searches_vpts_grid_scaled_by_batch_over_256():
-    grid = search_grid("vpt-deep", "sup21k-vit-b16", "vpt-paper")
-    assert grid["lr"] == [base * 128 / 256 for base in [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1]]
-    assert grid["weight_decay"] == [0.01, 1e-3, 1e-4, 0.0]
+    # tune_fgvc.py:151-157; tune_vtab.py:245-251 adds 0.05 (both scaled by batch/256, tune_vtab.py:100).
+    fgvc_bases = [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1]
+    for task, bases in (("cub", fgvc_bases), ("cifar100", [*fgvc_bases, 0.05]), ("digits", fgvc_bases)):
+        grid = search_grid("vpt-deep", "sup21k-vit-b16", "vpt-paper", task)
+        assert grid["lr"] == [base * 128 / 256 for base in bases], task
+        assert grid["weight_decay"] == [0.01, 1e-3, 1e-4, 0.0]
+    assert len(Grid(["vpt-deep"], ["cub", "cifar100"], ["sup21k-vit-b16"], [0]).tuning_specs()) == 36 + 40
 
 
 @pytest.mark.parametrize("backbone,reference_lr", [("mae-vit-b16", 5e-2), ("mocov3-vit-b16", 1e-3),
                                                   ("sup21k-vit-b16", 1e-3), ("micro-mae", 5e-2)])
 @pytest.mark.parametrize("method", ["spt-deep", "spt-shallow"])
 def test_default_search_grid_contains_the_reference_learning_rate(method, backbone, reference_lr):
-    assert reference_lr in search_grid(method, backbone, recipe_for(method))["lr"]
+    assert reference_lr in search_grid(method, backbone, recipe_for(method), "cub")["lr"]
 
 
 def test_default_recipes_and_overrides():

@@ -260,3 +260,38 @@ def test_prompt_init_depends_on_seed_only(micro_vit, method, init):
     other = m.build(config, _context(micro_vit, split, 1)).trunk.prompts.detach()
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def _reference_shallow(backbone, images: torch.Tensor, n: int) -> torch.Tensor:
+    """SPT's shallow branch (train_MAE.py:211-222; train.py:189-200, train_MoCo.py:192-203), whatever
+    `--prompt_sample_type` says: the patch embeddings of every drawn image, flattened, N of them kept without
+    replacement. Returns the candidate set (the reference's permutation comes from torch's unseeded RNG)."""
+    with torch.no_grad():
+        x = Preprocess(backbone.input_size, backbone.mean, backbone.std)(images)
+        return backbone.model.patch_embed(x).flatten(0, 1)
+
+
+@pytest.mark.parametrize("init", ["mean", "max", "kmeans"])
+def test_shallow_spt_samples_tokens_whatever_init_says_as_the_reference(micro_vit, init):
+    from bench.protocol import Protocol
+
+    split, seed, n = _noise_split(6), 3, 7
+    method = METHODS.get("spt-shallow")
+
+    def build(init_name: str, shallow_init: str):
+        config = method.config_cls.from_overrides({"num_prompts": str(n), "init": init_name})
+        ctx = _context(micro_vit, split, seed)
+        ctx = BuildContext(ctx.backbone, 10, split, ctx.preprocess, ctx.generator, ctx.device,
+                           pipeline=Protocol(shallow_init=shallow_init))
+        return method.build(config, ctx)
+
+    as_reference = build(init, "sampled")
+    prompts = as_reference.trunk.prompts.detach()[0]
+    assert as_reference.info["init"] == init and as_reference.info["init_effective"] == "sampled"
+    assert _members(prompts, _reference_shallow(micro_vit, split.images, n)).all()
+    assert torch.unique(prompts, dim=0).shape[0] == n, "drawn without replacement"
+    # Bit for bit the sampled construction under the same generator.
+    assert torch.equal(prompts, build("sampled", "sampled").trunk.prompts.detach()[0])
+    # The named departure pools or clusters as `init` says: no longer patch embeddings.
+    pooled = build(init, "as_named").trunk.prompts.detach()[0]
+    assert not _members(pooled, _reference_shallow(micro_vit, split.images, n)).all()
