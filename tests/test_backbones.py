@@ -71,8 +71,8 @@ def test_every_registered_backbone_names_its_weights_variant():
     assert orig.timm_name.split(".")[0] == augreg.timm_name.split(".")[0] and orig.objective == augreg.objective
     assert backbone_entry("vit_small_patch16_224.augreg_in21k").variant == "augreg_in21k"
     # Any timm name: its tag is the variant, and DINOv2 and CLIP tags get their own objective (recipes key on it).
-    assert [backbone_entry(n).objective for n in ("vit_small_patch14_dinov2.lvd142m", "vit_large_patch14_clip_224.openai",
-                                                  "vit_base_patch16_224.augreg_in1k")] == ["dinov2", "clip", "supervised"]
+    names = ("vit_small_patch14_dinov2.lvd142m", "vit_large_patch14_clip_224.openai", "vit_base_patch16_224.augreg_in1k")
+    assert [backbone_entry(n).objective for n in names] == ["dinov2", "clip", "supervised"]
 
 
 @pytest.mark.parametrize("name", NEW)

@@ -181,7 +181,8 @@ def _protocol(ref: tuple, runs: pd.DataFrame) -> tuple[list[Difference], list[st
 
 
 def _one(values: Iterable[object]) -> str | None:
-    """The runs' value of a fact: the one value they share, `mixed (a, b)` when they differ, None when any is unknown."""
+    """The runs' value of a fact: the one value they share, `mixed (a, b)` when they differ, None when any is
+    unknown."""
     values = set(values)
     if not values or any(v is None or (isinstance(v, float) and np.isnan(v)) for v in values):
         return None
