@@ -29,11 +29,14 @@ from bench.registry import Registry
 
 Pooling = Literal["token", "avg"]
 # What the weights were pre-trained with; recipes resolve their values per objective (see bench.recipes).
-Objective = Literal["mae", "mocov3", "supervised", "none"]
+Objective = Literal["mae", "mocov3", "supervised", "dinov2", "clip", "none"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+# OpenAI CLIP's image statistics (its clip/clip.py `_transform`), which timm's CLIP configs repeat.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -52,6 +55,9 @@ class BackboneEntry:
         packaged_weights: file name under `bench/weights/` shipped with the package, if any.
         hub_weights: whether `timm_name` carries hub weights; False means only `--weights PATH` gives pretrained ones.
         weights_hint: what to tell a user who has no weights for this backbone.
+        variant: which weights these are, as published tables tell them apart (`orig_in21k` and `augreg_in21k` are
+            both supervised ImageNet-21k ViT-B/16s; a timm name's tag otherwise); `bench report --published` flags a
+            paper's number whose variant is not the run's.
     """
 
     timm_name: str
@@ -63,6 +69,7 @@ class BackboneEntry:
     packaged_weights: str | None = None
     hub_weights: bool = True
     weights_hint: str = ""
+    variant: str = ""
 
 
 BACKBONES: Registry[BackboneEntry] = Registry("backbone")
@@ -72,7 +79,8 @@ DEFAULT_BACKBONE = "micro-mae"
 
 BACKBONES.register(
     "micro-vit",
-    BackboneEntry("vit_tiny_patch16_224", HALF, HALF, "none", "token", MICRO_ARCH, hub_weights=False),
+    BackboneEntry("vit_tiny_patch16_224", HALF, HALF, "none", "token", MICRO_ARCH, hub_weights=False,
+                  variant="random_init"),
     "ViT 32px/patch 4, width 192, 6 blocks, seeded random init (no pre-training): the offline suite's architecture",
 )
 BACKBONES.register(
@@ -87,6 +95,7 @@ BACKBONES.register(
         packaged_weights="micro_mae.safetensors",
         hub_weights=False,
         weights_hint="bench/weights/micro_mae.safetensors, which `bench pretrain mae` regenerates",
+        variant="micro_mae",
     ),
     "the micro architecture pre-trained offline with MAE (shipped; see bench/weights/MODEL_CARD.md); mean-pooled",
 )
@@ -94,7 +103,8 @@ BACKBONES.register(
     "micro-mae-init",
     # The "no pre-training" control of micro-mae: its architecture, normalisation and pooling, and its objective so
     # that recipes give both the same hyper-parameters; only the weights differ (seeded random init, as micro-vit).
-    BackboneEntry("vit_tiny_patch16_224", HALF, HALF, "mae", "avg", MICRO_ARCH, hub_weights=False),
+    BackboneEntry("vit_tiny_patch16_224", HALF, HALF, "mae", "avg", MICRO_ARCH, hub_weights=False,
+                  variant="random_init"),
     "micro-mae with seeded random weights instead of pre-trained ones (the 'no pre-training' control); mean-pooled",
 )
 BACKBONES.register(
@@ -102,7 +112,7 @@ BACKBONES.register(
     # MAE pre-trains with ImageNet's mean/std (its main_pretrain.py), whatever file the weights arrive in.
     BackboneEntry(
         "vit_base_patch16_224.mae", IMAGENET_MEAN, IMAGENET_STD, "mae", "avg",
-        weights_hint="MAE's mae_pretrain_vit_base.pth",
+        weights_hint="MAE's mae_pretrain_vit_base.pth", variant="mae_in1k",
     ),
     "ViT-B/16 pre-trained with MAE on ImageNet-1k (self-supervised); mean-pooled patch tokens",
 )
@@ -116,16 +126,61 @@ BACKBONES.register(
         "token",
         hub_weights=False,
         weights_hint="MoCo-v3's vit-b-300ep.pth.tar (from the MoCo-v3 repository's model zoo)",
+        variant="mocov3_in1k",
     ),
     "ViT-B/16 pre-trained with MoCo-v3 on ImageNet-1k (self-supervised); needs --weights PATH",
 )
+# Two supervised ImageNet-21k ViT-B/16s, one architecture, different weights: Google's original release (what VPT,
+# NOAH and PETL_Vision load, as `ViT-B_16.npz`) and AugReg's (what timm's `vit_base_patch16_224_in21k` meant from
+# timm 0.4.12 to 0.6.x: the SPT code's timm 0.6.0 and SSF's 0.6.5). Both were trained on [-1, 1] inputs.
 BACKBONES.register(
     "sup21k-vit-b16",
     BackboneEntry(
         "vit_base_patch16_224.orig_in21k", HALF, HALF, "supervised", "token",
-        weights_hint="Google's imagenet21k ViT-B_16.npz",
+        weights_hint="Google's imagenet21k ViT-B_16.npz", variant="orig_in21k",
     ),
-    "ViT-B/16 supervised on ImageNet-21k (the VPT paper's backbone)",
+    "ViT-B/16 supervised on ImageNet-21k, Google's original weights (the VPT and NOAH papers' backbone)",
+)
+BACKBONES.register(
+    "sup21k-augreg-vit-b16",
+    BackboneEntry(
+        "vit_base_patch16_224.augreg_in21k", HALF, HALF, "supervised", "token",
+        weights_hint="AugReg's B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz", variant="augreg_in21k",
+    ),
+    "ViT-B/16 supervised on ImageNet-21k with AugReg (the SPT and SSF papers' backbone)",
+)
+# DINOv2 trains at 518 px; at bench's 224 px inputs timm's checkpoint filter resamples the 37×37 position embedding
+# to 16×16 patches of 14 px, as `timm.create_model(..., img_size=224)` does for its own users.
+DINOV2_224 = dict(img_size=224)
+BACKBONES.register(
+    "dinov2-vit-b14",
+    BackboneEntry(
+        "vit_base_patch14_dinov2.lvd142m", IMAGENET_MEAN, IMAGENET_STD, "dinov2", "token", DINOV2_224,
+        weights_hint="the timm hub copy of vit_base_patch14_dinov2.lvd142m (model.safetensors) or DINOv2's "
+                     "dinov2_vitb14_pretrain.pth",
+        variant="dinov2_lvd142m",
+    ),
+    "ViT-B/14 pre-trained with DINOv2 on LVD-142M (self-supervised, LayerScale); class token; 224 px",
+)
+BACKBONES.register(
+    "dinov2-reg4-vit-b14",
+    BackboneEntry(
+        "vit_base_patch14_reg4_dinov2.lvd142m", IMAGENET_MEAN, IMAGENET_STD, "dinov2", "token", DINOV2_224,
+        weights_hint="the timm hub copy of vit_base_patch14_reg4_dinov2.lvd142m (model.safetensors)",
+        variant="dinov2_reg4_lvd142m",
+    ),
+    "ViT-B/14 pre-trained with DINOv2 and 4 register tokens on LVD-142M; class token; 224 px",
+)
+# OpenAI's CLIP image tower uses QuickGELU; timm's `_clip_224` architecture takes the same weights with exact GELU
+# (its config says so), so the `quickgelu` architecture is the faithful one.
+BACKBONES.register(
+    "clip-vit-b16",
+    BackboneEntry(
+        "vit_base_patch16_clip_quickgelu_224.openai", CLIP_MEAN, CLIP_STD, "clip", "token",
+        weights_hint="the timm hub copy of vit_base_patch16_clip_224.openai (model.safetensors)",
+        variant="clip_openai",
+    ),
+    "ViT-B/16 image tower of OpenAI's CLIP (QuickGELU, pre-norm); class token before the image projection",
 )
 
 
@@ -143,6 +198,7 @@ class Backbone:
     weights_source: str
     checkpoint_sha256: str | None
     checkpoint_format: str | None
+    variant: str = ""  # BackboneEntry.variant
 
     @property
     def num_features(self) -> int:
@@ -158,6 +214,7 @@ class Backbone:
             "timm_arch": self.model.default_cfg.get("architecture", type(self.model).__name__),
             "pooling": self.pooling,
             "objective": self.objective,
+            "variant": self.variant,
             "input_size": self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -212,6 +269,7 @@ def load_backbone(name: str, weights: str | Path | None = None, seed: int = 0, d
         model=model,
         pooling=entry.pooling,
         objective=entry.objective,
+        variant=entry.variant,
         input_size=int(model.patch_embed.img_size[0]),
         mean=entry.mean,
         std=entry.std,
@@ -286,9 +344,11 @@ def _timm_entry(name: str) -> BackboneEntry:
     # reads timm's tables, not the hub, so `--weights` files of that tag are normalised like the hub's copy.
     cfg = timm.models.get_pretrained_cfg(name)
     mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)
-    tag = name.partition(".")[2]
-    objective: Objective = "mae" if "mae" in tag else "supervised"
-    return BackboneEntry(name, mean, std, objective, "avg" if objective == "mae" else "token", hub_weights=bool(tag))
+    arch, _, tag = name.partition(".")
+    objective: Objective = ("mae" if "mae" in tag else "dinov2" if "dinov2" in arch else "clip" if "_clip_" in arch
+                            else "supervised")
+    return BackboneEntry(name, mean, std, objective, "avg" if objective == "mae" else "token", hub_weights=bool(tag),
+                         variant=tag)
 
 
 def create_vit(arch: str, kwargs: dict[str, Any], seed: int) -> VisionTransformer:

@@ -151,8 +151,9 @@ class RunRecord:
                                            "normalisation, image pipelines, head init, drop_last, precision, "
                                            "prompt images; absent in records older than this field", default=None)
     task: TaskInfo | None = _doc("the task as the run saw it", default=None)
-    backbone: dict[str, Any] | None = _doc("the backbone: name, timm architecture, objective, pooling, input size, "
-                                           "mean/std, weights source and checkpoint sha256", default=None)
+    backbone: dict[str, Any] | None = _doc("the backbone: name, timm architecture, objective, weights `variant` "
+                                           "(absent in older records), pooling, input size, mean/std, weights source "
+                                           "and checkpoint sha256", default=None)
     method_info: dict[str, Any] | None = _doc("what the method reports of its adaptation (prompted blocks, init, "
                                               "LoRA targets, ...)", default=None)
     curves: dict[str, list[Any]] | None = _doc("per-epoch curves: `train_loss`, `val_acc` and the method's probe "

@@ -20,7 +20,7 @@ from bench.report.figures import (
     FIGURES, INIT_ORDER, SHARED_CORES_BELOW, fig_backbone_size, fig_data_fraction, fig_init_ablation, fig_nmi,
     fig_pareto, fig_prompt_length, fig_val_curves, init_ablation_stats, val_curves,
 )
-from bench.report.published import compare_published, load_published, published_table, scope_tasks
+from bench.report.published import compare_published, load_published, protocol_notes, published_table, scope_tasks
 from bench.report.rendering import FORMATS, to_frame, to_latex, to_markdown, to_rich, write_table
 from bench.report.tables import (
     TEST_STAGES, Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs,
@@ -34,8 +34,8 @@ __all__ = [
     "Report", "Suite", "Table", "budget_table", "build_report", "compare", "compare_published", "convergence_table",
     "fig_backbone_size", "fig_data_fraction", "fig_init_ablation", "fig_nmi", "fig_pareto", "fig_prompt_length",
     "fig_val_curves", "init_ablation_stats", "last_third_gain", "load_published", "load_runs", "natural_key",
-    "published_table", "scope_tasks", "suite_table", "suites", "summary_table", "to_frame", "to_latex", "to_markdown",
-    "to_rich", "val_curves", "write_table",
+    "protocol_notes", "published_table", "scope_tasks", "suite_table", "suites", "summary_table", "to_frame",
+    "to_latex", "to_markdown", "to_rich", "val_curves", "write_table",
 ]
 
 
@@ -105,6 +105,7 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
         else:
             beside = published_table(matched)
             paths += write_table(beside, out, formats)
+            notes += protocol_notes(matched)
     notes += _drop_stale(out, paths, attempted_published=published)
     return Report(summary, paths, notes, comparison, beside)
 

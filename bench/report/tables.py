@@ -27,7 +27,7 @@ import pandas as pd
 
 from bench import BenchError
 from bench.data import TASK_GROUPS, TASKS, TaskGroup
-from bench.record import COLUMNS, hp_column
+from bench.record import COLUMNS, RunRecord, hp_column
 from bench.store import Store, variant_labels
 
 REFERENCE = "full"  # the method `[n]` compares against, as VPT's tables do
@@ -112,8 +112,20 @@ def load_runs(source: str | Path | Store) -> pd.DataFrame:
     runs["val_curve"] = [(r.curves or {}).get("val_acc") or None for r in records]
     runs["fraction"] = [r.spec.hparams.get("train_fraction", r.task.data.get("train_fraction") if r.task else None)
                         for r in records]
+    # The protocol facts `bench report --published` sets beside a paper's (bench.report.published).
+    runs["weights_variant"] = [(r.backbone or {}).get("variant") for r in records]
+    runs["layout"] = [r.task.data.get("layout") if r.task else None for r in records]
+    runs["input_norm"] = [_input_norm(r) for r in records]
     runs["variant"] = variants(runs)
     return runs
+
+
+def _input_norm(record: RunRecord) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std the run's inputs were normalised with: what the engine recorded doing, else (records
+    without it) its backbone's."""
+    done = record.provenance.transform if record.provenance is not None else {}
+    source = done if "mean" in done else record.backbone or {}
+    return (tuple(source["mean"]), tuple(source["std"])) if "mean" in source and "std" in source else None
 
 
 def variants(runs: pd.DataFrame, without: Sequence[str] = ()) -> pd.Series:
