@@ -14,12 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import BenchError
 from bench.registry import Registry
 
 if TYPE_CHECKING:
     from bench.decoded import DataPath
-    from bench.imagefiles import ImageTransforms
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -47,10 +45,6 @@ class Split(Protocol):
     def with_data_path(self, data_path: DataPath) -> "Split":
         """This split, reading decoded images through a run's `data_path` (a split of image files); a split held
         in memory is itself."""
-        ...
-
-    def with_transforms(self, transforms: ImageTransforms) -> "Split":
-        """This split through other image pipelines (a recipe's); a split held in memory has none to replace."""
         ...
 
 
@@ -100,10 +94,6 @@ class TensorSplit:
     def with_data_path(self, data_path: DataPath) -> TensorSplit:
         return self
 
-    def with_transforms(self, transforms: ImageTransforms) -> TensorSplit:
-        raise BenchError("this task is generated in memory, already at its size: it has no image pipeline to replace; "
-                         "run it without a recipe's `transforms` (--set transforms=task)")
-
 
 @dataclass
 class TaskData:
@@ -116,11 +106,6 @@ class TaskData:
         """The same splits, reading decoded images through one run's `data_path`."""
         return TaskData(self.train.with_data_path(data_path), self.val.with_data_path(data_path),
                         self.test.with_data_path(data_path), self.info)
-
-    def with_transforms(self, transforms: ImageTransforms) -> TaskData:
-        """The same files through other image pipelines; `info` records the new pipelines."""
-        return TaskData(self.train.with_transforms(transforms), self.val.with_transforms(transforms),
-                        self.test.with_transforms(transforms), {**self.info, "transforms": transforms.describe()})
 
 
 @dataclass(frozen=True)

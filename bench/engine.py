@@ -29,6 +29,7 @@ from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Batch, LoadedTasks, Preprocess, Split, Task, TaskData, tensor_batches
 from bench.decoded import DataPath, DecodeCache
+from bench.imagefiles import through_pipelines
 from bench.method import METHODS, Adapted, BuildContext, Probe
 from bench.protocol import PIPELINES, Protocol, init_head
 from bench.record import CpuShare, Memory, Metrics, ParamCounts, Provenance, RunRecord, TaskInfo, Throughput, WallClock
@@ -156,7 +157,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     data_path = DataPath(caches.decoded)
     data = caches.tasks.get(task, data_root)
     if pipeline.transforms != "task":
-        data = data.with_transforms(PIPELINES.get(pipeline.transforms))
+        data = through_pipelines(data, PIPELINES.get(pipeline.transforms))
     data = data.with_data_path(data_path)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
     # only stage that reads test; `fixed` trains on train, follows val and reports test.

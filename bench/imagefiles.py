@@ -27,8 +27,9 @@ from torchvision import transforms as T
 from torchvision.transforms import Compose
 from torchvision.transforms.functional import pil_to_tensor
 
+from bench import BenchError
 from bench.augment import CropFlip
-from bench.data import Batch, Split, tensor_batches
+from bench.data import Batch, Split, TaskData, tensor_batches
 from bench.decoded import DataPath, Decoded, Joined, decode_rgb
 
 Item = tuple[Path, int]
@@ -74,6 +75,16 @@ class ImageTransforms:
         if self.device_crop is not None:
             steps["train_from_cache"] = self.device_crop.describe(self.stored)
         return steps
+
+
+def through_pipelines(data: TaskData, transforms: ImageTransforms) -> TaskData:
+    """A task's image files through other pipelines (a recipe's); `info` records the new ones."""
+    splits = (data.train, data.val, data.test)
+    if not all(isinstance(split, FileSplit) for split in splits):
+        raise BenchError("this task is generated in memory, already at its size: it has no image pipeline to replace; "
+                         "run it without a recipe's `transforms` (--set transforms=task)")
+    return TaskData(*(split.with_transforms(transforms) for split in splits),
+                    {**data.info, "transforms": transforms.describe()})
 
 
 def _steps(transform: ImageTransform) -> list[str]:

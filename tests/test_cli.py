@@ -209,6 +209,8 @@ def test_bench_list_recipes_shows_each_recipes_values_per_objective_and_their_so
     assert len(tables) == len(recipes)
     for entry, (title, objectives) in zip(recipes, tables.items()):
         assert title.startswith(f"{entry.name}: applies to {', '.join(entry.obj.methods)}; ")
-        assert objectives == list(entry.obj.values)
+        recipe = entry.obj
+        assert objectives == list(dict.fromkeys([*recipe.values, *recipe.search, *recipe.protocol]))
+        assert set(recipe.values) <= set(objectives)
         for what, source in entry.obj.sources.items():
             assert f"{what}: {source}" in re.sub(r"\s+", " ", out)
