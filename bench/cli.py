@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 # The first table a new user sees shows what the harness is for: a prompt method against its two baselines (raw
 # pixels; a linear probe of the frozen backbone) on a micro task where the pre-trained backbone matters (counting
-# shapes: pixels score near chance). One task and one prompt method keep it near 10 minutes on 2 CPU cores (README);
-# `--tasks micro` runs all five tasks.
+# shapes: pixels score near chance). One task and one prompt method keep it to about 12 minutes on 2 CPU cores, nearly
+# all of it the prompt method's 120 epochs (README); `--tasks micro` runs all five tasks.
 DEFAULT_METHODS = "pixels,linear,spt-deep"
 DEFAULT_TASKS = "shapes-count"
 
