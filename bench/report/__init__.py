@@ -23,8 +23,8 @@ from bench.report.figures import (
 from bench.report.published import compare_published, load_published, protocol_notes, published_table, scope_tasks
 from bench.report.rendering import FORMATS, to_frame, to_latex, to_markdown, to_rich, write_table
 from bench.report.tables import (
-    TEST_STAGES, Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs,
-    natural_key, suite_table, suites, summary_table,
+    Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs, natural_key,
+    reported_records, runs_frame, suite_table, suites, summary_table,
 )
 from bench.store import Store
 
@@ -56,7 +56,8 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     if unknown or not formats:
         raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
     store = Store(results)
-    runs = load_runs(store)
+    reported = reported_records(store)  # read once: the tables' frame and the data notes come from the same records
+    runs = runs_frame(reported)
     comparison = compare(runs, *compare_pair) if compare_pair else None  # a bad name fails before anything is written
     out = Path(out)
     try:
@@ -68,7 +69,6 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
              for path in store.set_aside]
     # The tables average runs by task; runs of one task on different data (a partial archive, a JPEG dump against
     # TFDS tensors) do not compare, so the report names each task's data and warns where a task mixes them.
-    reported = [r for r in store.records() if r.done and r.spec.stage in TEST_STAGES]
     notes += mixed_fingerprint_warnings(reported)
     if (fingerprints := fingerprint_summary(reported)) is not None:
         notes.append(fingerprints)

@@ -94,18 +94,32 @@ def suites(recorded_groups: Iterable[str] = ()) -> list[Suite]:
 
 
 def load_runs(source: str | Path | Store) -> pd.DataFrame:
-    """One row per finished run that read the test split: the store's flat row (spec, `hp.*`, metrics, params,
-    wall-clock) plus its variant label and NMI curve. Unreadable records are set aside (see `Store.set_aside`).
+    """One row per finished run that read the test split (`reported_records`), as `runs_frame` gives it.
 
     Raises:
         BenchError: the store holds no such run.
     """
-    store = source if isinstance(source, Store) else Store(source)
+    return runs_frame(reported_records(source if isinstance(source, Store) else Store(source)))
+
+
+def reported_records(store: Store) -> list[RunRecord]:
+    """The finished runs that read the test split, the runs a report is about. Unreadable records are set aside
+    (see `Store.set_aside`).
+
+    Raises:
+        BenchError: the store holds no such run.
+    """
     records = [r for r in store.records() if r.done and r.spec.stage in TEST_STAGES]
     if not records:
         raise BenchError(
             f"no finished runs in {store.runs}; run `bench run --results {store.root}` first or pass --results DIR"
         )
+    return records
+
+
+def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per record: the store's flat row (spec, `hp.*`, metrics, params, wall-clock) plus its variant label,
+    NMI and val curves, and the protocol facts `--published` compares."""
     runs = pd.DataFrame([r.row() for r in records])
     runs["acc"] = runs[COLUMNS.metrics.test_acc]
     runs["nmi"] = [(r.curves or {}).get("nmi") for r in records]
