@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 from bench import BenchError, __version__, fingerprint
 from bench.data import TASKS
 from bench.datacheck import DEFAULT_JOBS, OnImage, TaskCheck, check_source
-from bench.layouts import DATA_ENV, DataSource, PathLog
+from bench.layouts import DataSource, PathLog, data_root_or_env
 from bench.registry import Registry
 
 DOWNLOADS = ".bench-downloads"
@@ -535,11 +535,7 @@ class SplitFilesAndImages:
 
 def resolve_fetch_root(data_root: Path | None) -> Path:
     """The data root to fetch into (created when missing): `data_root`, else `$BENCH_DATA`."""
-    if data_root is None:
-        env = os.environ.get(DATA_ENV)
-        if not env:
-            raise BenchError(f"pass --data-root DIR (the folder to put the data in) or set {DATA_ENV}=DIR")
-        data_root = Path(env)
+    data_root = data_root_or_env(data_root, "no folder to put the data in")
     try:
         data_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

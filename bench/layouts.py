@@ -28,13 +28,19 @@ DATA_ENV = "BENCH_DATA"
 DERIVED_SPLIT_SEED = 0
 
 
+def data_root_or_env(data_root: Path | None, unset: str) -> Path:
+    """`data_root`, else `$BENCH_DATA`; when neither is given, a one-line error: `unset`, then how to give one."""
+    if data_root is not None:
+        return data_root
+    env = os.environ.get(DATA_ENV)
+    if not env:
+        raise BenchError(f"{unset}; pass --data-root DIR or set {DATA_ENV}=DIR")
+    return Path(env)
+
+
 def resolve_data_root(data_root: Path | None) -> Path:
     """`data_root`, else `$BENCH_DATA`; a one-line error when neither names an existing folder."""
-    if data_root is None:
-        env = os.environ.get(DATA_ENV)
-        if not env:
-            raise BenchError(f"this task reads files from disk; pass --data-root DIR or set {DATA_ENV}=DIR")
-        data_root = Path(env)
+    data_root = data_root_or_env(data_root, "this task reads files from disk")
     if not data_root.is_dir():
         raise BenchError(f"data root {data_root} is not a folder; pass --data-root DIR or set {DATA_ENV}=DIR")
     return data_root

@@ -143,6 +143,13 @@ def test_offline_mode_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "data").iterdir()) == []
 
 
+def test_a_fetch_with_no_data_root_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.delenv("BENCH_DATA", raising=False)
+    assert main(["data", "fetch", "vtab-1k"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "bench: error: no folder to put the data in; pass --data-root DIR or set BENCH_DATA=DIR"
+
+
 def test_no_network_is_one_line_and_exit_2(tmp_path, online, monkeypatch, capsys):
     with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
         probe.bind(("127.0.0.1", 0))
