@@ -158,3 +158,16 @@ def test_dry_run_shows_every_resolved_value_per_task(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert "spt-paper" in out and "lr=0.05" in out and "head_weight_decay=0.5" in out
     assert re.search(r"drop_last=True", out) and "init_images=0" in out
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("precision=fp16", "bad value precision='fp16'; expected auto | fp32"),
+    ("drop_last=maybe", "bad value drop_last='maybe'; expected true or false"),
+    ("transforms=nope", "bad value transforms='nope'; expected task | vpt-fgvc | spt-vtab"),
+])
+def test_a_bad_pipeline_value_is_one_line_and_exit_2_before_anything_runs(setting, expected, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["run", "--methods", "linear", "--tasks", "digits", "--set", setting, "--dry-run",
+                 "--results", str(results)]) == 2
+    assert capsys.readouterr().err.strip() == f"bench: error: {expected}"
+    assert not results.exists()
