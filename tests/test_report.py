@@ -502,3 +502,23 @@ def test_params_is_the_mean_over_tasks_not_over_runs(unequal: pd.DataFrame) -> N
     assert cells["params"].mean == pytest.approx(statistics.mean(PCT.values()), abs=1e-12)
     assert statistics.mean(PCT.values()) != statistics.mean(PCT[t] for t, accs in UNEQUAL.items() for _ in accs)
     assert "| micro-vit | linear | 3.20 |" in to_markdown(table)
+
+
+def test_every_table_names_its_protocol_and_a_table_that_mixes_protocols_says_so(tmp_path: Path) -> None:
+    store = Store(tmp_path / "results")
+    under = lambda r, recipe: make_record(dataclasses.replace(r.spec, recipe=recipe), r.test_acc,  # noqa: E731
+                                          group=r.task.group)
+    for seed in (0, 1):
+        store.write(under(record("spt-deep", "digits", seed, 80.0 + seed), "shared"))
+        store.write(under(record("lora", "digits", seed, 70.0 + seed), "shared"))
+    build_report(tmp_path / "results", tmp_path / "alone", formats=("md", "tex"))
+    for table in ("micro", "summary"):
+        md = (tmp_path / "alone" / f"{table}.md").read_text()
+        assert md.endswith("\nProtocol: shared.\n") and "mixes protocols" not in md
+        assert "\\par{\\footnotesize Protocol: shared.}" in (tmp_path / "alone" / f"{table}.tex").read_text()
+
+    store.write(record("linear", "digits", 0, 60.0))  # no recipe
+    build_report(tmp_path / "results", tmp_path / "mixed", formats=("md",))
+    md = (tmp_path / "mixed" / "micro.md").read_text()
+    assert "\nProtocol: none, shared.\n" in md
+    assert "\nNote: this table mixes protocols (none: linear; shared: lora, spt-deep);" in md

@@ -24,7 +24,7 @@ from bench.report.published import compare_published, load_published, protocol_n
 from bench.report.rendering import FORMATS, to_frame, to_latex, to_markdown, to_rich, write_table
 from bench.report.tables import (
     Cell, Column, Group, Suite, Table, budget_table, convergence_table, last_third_gain, load_runs, natural_key,
-    reported_records, runs_frame, suite_table, suites, summary_table,
+    protocol_lines, reported_records, runs_frame, suite_table, suites, summary_table,
 )
 from bench.store import Store
 
@@ -34,7 +34,7 @@ __all__ = [
     "Report", "Suite", "Table", "budget_table", "build_report", "compare", "compare_published", "convergence_table",
     "fig_backbone_size", "fig_data_fraction", "fig_init_ablation", "fig_nmi", "fig_pareto", "fig_prompt_length",
     "fig_val_curves", "init_ablation_stats", "last_third_gain", "load_published", "load_runs", "natural_key",
-    "protocol_notes", "published_table", "scope_tasks", "suite_table", "suites", "summary_table", "to_frame",
+    "protocol_lines", "protocol_notes", "published_table", "scope_tasks", "suite_table", "suites", "summary_table", "to_frame",
     "to_latex", "to_markdown", "to_rich", "val_curves", "write_table",
 ]
 
@@ -104,6 +104,8 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
                          "published number (bench/report/published.csv)")
         else:
             beside = published_table(matched)
+            beside.protocol = protocol_lines(runs[runs[COLUMNS.method].isin(matched["method"])
+                                                  & runs[COLUMNS.backbone].isin(matched["backbone"])])
             paths += write_table(beside, out, formats)
             notes += protocol_notes(matched)
     notes += _drop_stale(out, paths, attempted_published=published)

@@ -71,7 +71,9 @@ def to_latex(table: Table) -> str:
         values = [_number(cells.get(c.key, Cell()), c.kind, "tex") for c in table.columns]
         lines.append(" & ".join([shown, _tex_escape(variant), *values]) + " \\\\")
         previous = backbone
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += [f"\\par{{\\footnotesize {_tex_escape(line)}}}" for line in table.protocol]
+    lines += ["\\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -84,7 +86,7 @@ def to_markdown(table: Table) -> str:
         lines.append("| " + " | ".join([backbone, variant, *values]) + " |")
     caption = table.caption.replace("$\\pm$", "±").replace("($n-1$)", "(n − 1)").replace("\\%", "%")
     caption = caption.replace("underlined", "in italics").replace("-- no record", "– no record")
-    return "\n".join(lines) + f"\n\n{caption}\n"
+    return "\n".join(lines) + f"\n\n{caption}\n" + "".join(f"\n{line}\n" for line in table.protocol)
 
 
 def to_frame(table: Table) -> pd.DataFrame:
@@ -121,7 +123,8 @@ def to_rich(table: Table) -> Any:
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    rich = RichTable(title=table.key, title_justify="left")
+    rich = RichTable(title=table.key, title_justify="left", caption=" ".join(table.protocol) or None,
+                     caption_justify="left")
     rich.add_column("backbone")
     rich.add_column("method")
     for column in table.columns:

@@ -11,6 +11,8 @@ Conventions, stated in every caption:
   a record; VTAB's overall mean is the mean of its three group means (the VPT convention).
 - Best per column within a backbone is bold, second underlined (ranked on the printed, rounded value, so ties share).
 - `[n]` counts tasks where the row beats full fine-tuning's mean on the same backbone.
+Below its caption every table names the protocol (recipe, or `none`) its rows ran under, and says so where its rows
+ran under several (`protocol_lines`): rows under different protocols answer different questions.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     runs["weights_variant"] = [(r.backbone or {}).get("variant") for r in records]
     runs["layout"] = [r.task.data.get("layout") if r.task else None for r in records]
     runs["input_norm"] = [_input_norm(r) for r in records]
+    runs["recipe"] = [r.spec.recipe or "none" for r in records]
     runs["variant"] = variants(runs)
     return runs
 
@@ -146,6 +149,18 @@ def variants(runs: pd.DataFrame, without: Sequence[str] = ()) -> pd.Series:
     """`method` plus the hyper-parameters that tell its runs apart (bench.store's rule), leaving out `without`."""
     labels = variant_labels(runs.drop(columns=[hp_column(name) for name in without], errors="ignore"))
     return runs[COLUMNS.method] + labels.map(lambda v: f" {v}" if v else "")
+
+
+def protocol_lines(runs: pd.DataFrame, rows: str = "variant") -> tuple[str, ...]:
+    """A table's label: the protocols (recipes, `none` without one) the runs of its rows ran under, and where there
+    are several, a note naming the rows (the `rows` column's labels) of each."""
+    by_recipe = {name: sorted(set(frame[rows]), key=natural_key) for name, frame in runs.groupby("recipe")}
+    label = f"Protocol: {', '.join(by_recipe)}."
+    if len(by_recipe) < 2:
+        return (label,)
+    which = "; ".join(f"{name}: {', '.join(labels)}" for name, labels in by_recipe.items())
+    return label, (f"Note: this table mixes protocols ({which}); rows under different protocols were not trained "
+                   "alike, so their difference is not the methods' alone.")
 
 
 # --- tables --------------------------------------------------------------------------------------------------------
@@ -178,6 +193,7 @@ class Table:
     columns: list[Column]
     rows: list[tuple[str, str, dict[str, Cell]]]  # (backbone, variant, cells by column key)
     spans: list[tuple[str, int]] = field(default_factory=list)  # group header over the first acc columns
+    protocol: tuple[str, ...] = ()  # the label lines `protocol_lines` gives, under the caption
 
 def _over_seeds(values: pd.Series) -> Cell:
     """Mean and sample std (n − 1) of one value per seed; no std from a single seed."""
@@ -232,7 +248,7 @@ def suite_table(suite: Suite, runs: pd.DataFrame) -> Table | None:
     _rank(rows, [c.key for c in columns if c.kind == "acc"])
     spans = [(g.label, len(tasks[g.id])) for g in suite.groups] if len(suite.groups) > 1 else []
     overall = f" {suite.overall}: the mean of the group means." if suite.overall else ""
-    return Table(suite.key, f"{suite.title}: {_CONVENTIONS}{overall}", columns, rows, spans)
+    return Table(suite.key, f"{suite.title}: {_CONVENTIONS}{overall}", columns, rows, spans, protocol_lines(mine))
 
 
 _CONVENTIONS = (
@@ -282,7 +298,7 @@ def summary_table(runs: pd.DataFrame) -> Table:
     _rank(rows, [c.key for c in columns])
     caption = ("Summary: mean test accuracy (\\%) per task group; a group mean is shown only when every task of the "
                "group has a record; best per column within a backbone in bold, second underlined; -- no record.")
-    return Table("summary", caption, columns, rows)
+    return Table("summary", caption, columns, rows, protocol=protocol_lines(runs))
 
 
 def task_order(tasks: Iterable[str]) -> list[str]:
@@ -313,7 +329,7 @@ def convergence_table(runs: pd.DataFrame) -> Table | None:
     caption = ("Convergence: validation accuracy (points) gained over the last third of training (mean of the last 3 "
                "epochs minus the mean of the 3 epochs ending two thirds of the way through), mean over seeds. Near 0: "
                "the run had plateaued before it stopped; large and positive: more epochs would likely have helped.")
-    return Table("convergence", caption, columns, rows)
+    return Table("convergence", caption, columns, rows, protocol=protocol_lines(have))
 
 
 def _budget_variants(runs: pd.DataFrame) -> pd.Series:
@@ -338,7 +354,7 @@ def budget_table(runs: pd.DataFrame) -> Table | None:
     columns = [Column("before", "before"), Column("after", "after"), Column("gain", "gain", "gain"),
                Column("seeds", "seeds", "number"), Column("plateaued", "plateaued", "verdict")]
     order = task_order(runs[COLUMNS.task])
-    rows = []
+    rows, paired_runs = [], []
     for (backbone, variant, task), frame in sorted(
             runs[runs[hp_column("epochs")].notna()].groupby([COLUMNS.backbone, "budget_variant", COLUMNS.task]),
             key=lambda item: (item[0][0], natural_key(item[0][1]), order.index(item[0][2]))):
@@ -349,6 +365,8 @@ def budget_table(runs: pd.DataFrame) -> Table | None:
                 by_budget.get_group(long)[[COLUMNS.seed, "acc"]], on=COLUMNS.seed, suffixes=("_before", "_after"))
             if paired.empty:
                 continue
+            paired_runs.append(frame[frame[hp_column("epochs")].isin([short, long])
+                                     & frame[COLUMNS.seed].isin(paired[COLUMNS.seed])])
             gain = _over_seeds(paired["acc_after"] - paired["acc_before"])
             # One seed has no spread to weigh its gain against, so it gives no verdict.
             plateaued = Cell() if gain.std is None else Cell(float(gain.mean <= gain.std))
@@ -363,4 +381,4 @@ def budget_table(runs: pd.DataFrame) -> Table | None:
                "mean gain is at most the gains' sample std (the shorter budget had plateaued), no when it is larger, "
                "none from one seed. Under a cosine schedule a val curve flattens at its end whether or not more "
                "epochs would help, so this, not the convergence table, is the test.")
-    return Table("budget", caption, columns, rows)
+    return Table("budget", caption, columns, rows, protocol=protocol_lines(pd.concat(paired_runs), rows="budget_variant"))
