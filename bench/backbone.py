@@ -526,6 +526,16 @@ def pool_features(vit: VisionTransformer, tokens: torch.Tensor, pooling: Pooling
     return vit.head_drop(vit.fc_norm(pooled))
 
 
+def fresh_pool_norm(vit: VisionTransformer) -> None:
+    """Put a new LayerNorm (weight 1, bias 0, the checkpoint's eps), frozen, in place of `vit.norm`, the norm
+    `pool_features` applies to the pooled mean: VPT's MAE models delete the checkpoint's `norm` and pool through a
+    fresh `fc_norm` (src/models/vit_backbones/vit_mae.py:21-25) that the checkpoint does not hold (loaded with
+    strict=False, src/models/build_vit_backbone.py:56-60) and that never trains (src/models/vit_models.py:319-322)."""
+    fresh = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps)
+    fresh.requires_grad_(False)
+    vit.norm = fresh
+
+
 class ViTFeatures(nn.Module):
     """A timm ViT's own modules up to the pre-logits features, pooled as `pool_features` defines."""
 

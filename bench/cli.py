@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backbone", default=DEFAULT_BACKBONE,
                      help=f"comma list of registered names or timm ViTs (default {DEFAULT_BACKBONE})")
     run.add_argument("--weights", type=Path, help="local checkpoint: timm/.safetensors, .npz, MAE or MoCo-v3 .pth")
-    run.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
+    run.add_argument("--seeds", type=_seeds, help="comma list of seeds (default 0; a tune protocol's final stage: "
+                     "its recipe's final seeds, e.g. vpt-paper's five, else 0)")
     run.add_argument("--epochs", type=_positive, help="override every run's epochs")
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
     run.add_argument("--recipe", default="default", metavar="NAME",
@@ -349,6 +351,11 @@ def _print_recipes(registry: Any, console: Console) -> None:
         for scope in dict.fromkeys([*recipe.values, *recipe.search, *recipe.protocol]):
             table.add_row(scope, *(", ".join(f"{k}={v}" for k, v in part.get(scope, {}).items())
                                    for part in (recipe.values, recipe.search, recipe.protocol)))
+        for method, scopes in recipe.method_values.items():
+            for scope, values in scopes.items():
+                table.add_row(f"{method} on {scope}", ", ".join(f"{k}={v}" for k, v in values.items()), "", "")
+        if recipe.lr_factors:
+            table.add_row("*", "", f"lr=each method's lr × {', '.join(f'{f:g}' for f in recipe.lr_factors)}", "")
         console.print(table)
         for what, source in recipe.sources.items():
             console.print(f"  {what}: {source}", highlight=False, style="dim")
@@ -413,7 +420,13 @@ def _dry_run(plan: Plan, store: Store, console: Console) -> int:
     console.print(table)
     line = f"{len(plan.known)} run(s)"
     if plan.tuning:
-        line += f"; after tuning, stage 2 trains {plan.selections} selected setting(s) × {len(plan.seeds)} seed(s)"
+        line += (f"; after tuning, stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
+                 f"({'--seeds' if plan.seeds is not None else 'the final seeds of each recipe'})")
+        # The tuning budget, which a fair comparison gives every method alike (`--recipe shared`).
+        points = Counter((spec.method, spec.task, spec.backbone) for spec in plan.tuning)
+        sizes = {method: sorted({n for (m, *_), n in points.items() if m == method}) for method, *_ in points}
+        line += "\nstage-1 grid points per task: " + ", ".join(
+            f"{method} {n[0]}" + (f"-{n[-1]}" if len(n) > 1 else "") for method, n in sizes.items())
     console.print(line, highlight=False)
     return 0
 

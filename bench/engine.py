@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bench import BenchError, recipes
-from bench.backbone import Backbone, LoadedBackbones
+from bench.backbone import Backbone, LoadedBackbones, fresh_pool_norm
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Batch, LoadedTasks, Preprocess, Split, Task, TaskData, tensor_batches
@@ -159,14 +159,18 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     if pipeline.transforms != "task":
         data = through_pipelines(data, PIPELINES.get(pipeline.transforms))
     data = data.with_data_path(data_path)
-    # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val and is the
-    # only stage that reads test; `fixed` trains on train, follows val and reports test.
-    train_split = data.train.merged_with(data.val) if spec.stage == "final" else data.train
+    # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val (or on
+    # train, `final_train=train`: VPT's FGVC) and is the only stage that reads test; `fixed` trains on train, follows
+    # val and reports test.
+    merged = spec.stage == "final" and pipeline.final_train == "train+val"
+    train_split = data.train.merged_with(data.val) if merged else data.train
     scores_val = spec.stage != "final"
 
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     backbone = caches.backbones.get(spec.backbone, spec.weights, drop_path=config.drop_path)
+    if pipeline.pool_norm == "fresh":
+        fresh_pool_norm(backbone.model)
     backbone.model.to(dev)
     preprocess = Preprocess(backbone.input_size, *pipeline.mean_std(backbone.mean, backbone.std)).to(dev)
     if _is_cuda(dev):
@@ -196,7 +200,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
         # (The batch size is in the key only because float results may differ, in the last bits, across batch sizes.)
         source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone_info, spec.task,
                   data.info, batch, dev.type, *([spec.protocol] if spec.protocol else []))
-        train_name = "train+val" if spec.stage == "final" else "train"
+        train_name = "train+val" if merged else "train"
         with timers["feature_cache"]:
             train_in = _cached_features(caches.features, source, train_name, adapted.trunk, train_split, preprocess,
                                         batch, dev, pipeline.precision)

@@ -2,7 +2,8 @@
 
 A `Protocol` holds the data pipeline and training details that make a paper's number and that no method config
 carries: input normalisation, the image pipelines, the head's init, whether the last partial batch trains, the
-arithmetic precision, and how SPT collects its prompt images. Its defaults are the harness's own pipeline (the micro
+arithmetic precision, how SPT collects its prompt images, the norm a mean-pooled backbone pools through, and what the
+final stage trains on. Its defaults are the harness's own pipeline (the micro
 suite's); a run spec stores only the values that differ from them (`RunSpec.protocol`), so a run without a recipe
 keeps the id it always had, and a record stores every value (`RunRecord.protocol`).
 """
@@ -48,6 +49,12 @@ class Protocol:
             seeded per image from the run's generator: SPT draws them from its training dataset object).
         shallow_init: `as_named` (shallow SPT pools or clusters as `init` says) or `sampled` (shallow SPT samples
             tokens whatever `init` says, as the reference's shallow branch does).
+        pool_norm: on a mean-pooled backbone (MAE), the LayerNorm the pooled mean goes through: `checkpoint` (the
+            checkpoint's final `norm`, as SPT's MAE models do) or `fresh` (a new, frozen LayerNorm with weight 1 and
+            bias 0 in its place: VPT's `fc_norm`, src/models/vit_backbones/vit_mae.py:21-25). Class-token backbones
+            always use `norm`, so `fresh` is refused there.
+        final_train: what the `tune` protocol's final stage trains on: `train+val` (the field's VTAB protocol) or
+            `train` (VPT's FGVC final runs, train.py:66-71).
     """
 
     normalisation: str = "weights"
@@ -57,6 +64,8 @@ class Protocol:
     precision: str = "auto"
     prompt_images: str = "eval"
     shallow_init: str = "as_named"
+    pool_norm: str = "checkpoint"
+    final_train: str = "train+val"
 
     def validate(self) -> None:
         _check(self.normalisation in NORMALISATIONS, "normalisation", self.normalisation, " | ".join(NORMALISATIONS))
@@ -66,6 +75,8 @@ class Protocol:
         _check(self.precision in PRECISIONS, "precision", self.precision, " | ".join(PRECISIONS))
         _check(self.prompt_images in ("eval", "train"), "prompt_images", self.prompt_images, "eval | train")
         _check(self.shallow_init in ("as_named", "sampled"), "shallow_init", self.shallow_init, "as_named | sampled")
+        _check(self.pool_norm in ("checkpoint", "fresh"), "pool_norm", self.pool_norm, "checkpoint | fresh")
+        _check(self.final_train in ("train+val", "train"), "final_train", self.final_train, "train+val | train")
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> Protocol:

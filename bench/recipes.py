@@ -12,8 +12,10 @@ gives the values. The paper recipes define their pipeline for the families their
 micro suite keeps the harness's own pipeline, on which its committed study ran.
 
 Resolution, lowest to highest priority: the method's config defaults, the recipe's values for the backbone's
-objective, then the user's `--set` (which also sets protocol values: `--set precision=auto`). A method that a recipe is
-the default for (`default_for`) runs under it unless `--recipe` names another one or `none` (the config defaults).
+objective, the recipe's values for the method (`method_values`: VPT-deep's prompt dropout, each method's learning rate
+under `shared`), then the user's `--set` (which also sets protocol values: `--set precision=auto`). A method that a
+recipe is the default for (`default_for`) runs under it unless `--recipe` names another one or `none` (the config
+defaults).
 Epochs stay the task's (100 on FGVC and VTAB-1k, as both references train); a recipe's warm-up is a fraction of them
 (10 of 100 epochs in both references), so a shorter task keeps the reference's shape of schedule.
 """
@@ -36,6 +38,8 @@ from bench.registry import Registry
 # `--recipe` values that are not registry names.
 DEFAULT = "default"  # each method's own default recipe, if it has one
 NONE = "none"  # the methods' config defaults, no recipe
+# The seeds runs take when `--seeds` is not given, but for a final stage whose recipe names its own.
+DEFAULT_SEEDS = (0,)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,11 @@ class Recipe:
         values: scope -> hyper-parameters (see the module docstring for scopes).
         search: scope -> the grid the `tune` protocol searches on val (hyper-parameter -> values).
         protocol: scope -> pipeline values (`bench.protocol.Protocol`); a scope with none keeps the harness's.
-        final_seeds: the seeds of the final stage when `--seeds` is not given; empty: `--seeds`' default.
+        method_values: method (glob) -> scope -> hyper-parameters over `values` for the methods it matches (the first
+            glob that matches), so a value that belongs to one method is explicit.
+        lr_factors: when set, the tune grid's learning rates are each method's resolved lr times these factors (a
+            grid centred on the method's own lr), before `search`'s axes.
+        final_seeds: the seeds of the final stage when `--seeds` is not given; empty: `DEFAULT_SEEDS`.
         warmup_fraction: warm-up length as a fraction of the run's epochs; None leaves `warmup_epochs` as resolved.
         sources: hyper-parameter (or topic) -> the reference file and line it comes from.
         departures: where `bench` does not do what the reference code does, one line each (docs/recipes.md).
@@ -59,6 +67,8 @@ class Recipe:
     search: dict[str, dict[str, list[Any]]]
     default_for: tuple[str, ...] = ()
     protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_values: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    lr_factors: tuple[float, ...] = ()
     final_seeds: tuple[int, ...] = ()
     warmup_fraction: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
@@ -67,8 +77,13 @@ class Recipe:
     def applies_to(self, method: str) -> bool:
         return any(fnmatch.fnmatchcase(method, pattern) for pattern in self.methods)
 
-    def values_for(self, objective: str, family: str = "") -> dict[str, Any]:
-        return _scoped(self.values, family, objective)
+    def values_for(self, objective: str, family: str = "", method: str = "") -> dict[str, Any]:
+        """The scope's values, with those of the first `method_values` glob that matches `method` on top."""
+        values = _scoped(self.values, family, objective)
+        for pattern, table in self.method_values.items():
+            if fnmatch.fnmatchcase(method, pattern):
+                return {**values, **_scoped(table, family, objective)}
+        return values
 
     def search_for(self, objective: str, family: str = "") -> dict[str, list[Any]]:
         return _scoped(self.search, family, objective)
@@ -174,6 +189,12 @@ _VPT_BASE_LRS = [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1]
 _VPT_VTAB_BASE_LRS = [*_VPT_BASE_LRS, 0.05]
 _VPT_WEIGHT_DECAYS = [0.01, 1e-3, 1e-4, 0.0]
 _VPT_PIPELINE = dict(normalisation="imagenet", head_init="kaiming-fan-out", precision="fp32")
+_VPT_PROTOCOL = {"fgvc": {**_VPT_PIPELINE, "transforms": "vpt-fgvc", "final_train": "train"}, "vtab": _VPT_PIPELINE}
+# On MAE, VPT pools the mean through a fresh identity-affine LayerNorm, not the checkpoint's norm.
+_VPT_PROTOCOL.update({f"{family}/mae": {**values, "pool_norm": "fresh"}
+                      for family, values in list(_VPT_PROTOCOL.items())})
+# VPT-deep's prompt dropout, on the families VPT ran (the micro suite keeps its committed runs' values).
+_VPT_DEEP_DROPOUT = {family: {"prompt_dropout": 0.1} for family in ("fgvc", "vtab")}
 
 RECIPES.register(
     "vpt-paper",
@@ -186,7 +207,8 @@ RECIPES.register(
             "vtab": {"lr": [base * _VPT_BATCH / 256 for base in _VPT_VTAB_BASE_LRS], "weight_decay": _VPT_WEIGHT_DECAYS},
             "*": {"lr": [base * _VPT_BATCH / 256 for base in _VPT_BASE_LRS], "weight_decay": _VPT_WEIGHT_DECAYS},
         },
-        protocol={"fgvc": {**_VPT_PIPELINE, "transforms": "vpt-fgvc"}, "vtab": _VPT_PIPELINE},
+        protocol=_VPT_PROTOCOL,
+        method_values={"vpt-deep": _VPT_DEEP_DROPOUT},
         final_seeds=(42, 44, 82, 100, 800),
         warmup_fraction=0.1,
         sources={
@@ -209,19 +231,85 @@ RECIPES.register(
                          "-log((1-0.01)/0.01); src/models/vit_models.py:159-165 (special_bias=True)",
             "final_seeds": f"{_VPT} tune_vtab.py:284: five final runs, seeds 42, 44, 82, 100, 800",
             "precision": f"{_VPT} no autocast in src/engine/*.py: fp32",
+            "pool_norm (mae)": f"{_VPT} src/models/vit_backbones/vit_mae.py:21-25: global_pool deletes `norm` and adds "
+                               "fc_norm = LayerNorm(768, eps=1e-6), absent from the checkpoint (strict=False load, "
+                               "src/models/build_vit_backbone.py:56-60) and frozen (src/models/vit_models.py:319-322); "
+                               "src/models/vit_prompt/vit_mae.py:122-124 pools the mean through it",
+            "final_train (fgvc)": f"{_VPT} train.py:66-71: construct_trainval_loader only for vtab-*; FGVC's final "
+                                  "runs train on train",
+            "prompt_dropout (vpt-deep)": f"{_VPT} demo.ipynb:110-175: MODEL.PROMPT.DROPOUT 0.1 for VPT-deep; "
+                                         "demo.ipynb:28: no dropout for VPT-shallow",
         },
         departures=(
             "VTAB: PIL bicubic squash of the NOAH/SSF JPEG dump, where VPT resizes TFDS images with "
             "tf.image.resize (bilinear, no antialias; src/data/datasets/tf_dataset.py:148-156)",
-            "MAE: pools through the checkpoint's `norm`, where VPT adds a fresh identity-affine fc_norm "
-            "(src/models/vit_backbones/vit_mae.py:21-25)",
-            "VPT-deep: prompt dropout 0.0; the paper's commands use 0.1 (demo.ipynb:110-175): --set prompt_dropout=0.1",
-            "FGVC final stage trains on train+val; VPT trains FGVC on train only (train.py:66-71)",
             "prompt length and batch per task come from an external release (README.md:140), not the repository",
             "the micro suite keeps the harness's own pipeline (its committed study ran on it)",
         ),
     ),
     "the VPT reference's recipe (SGD, lr x weight-decay grid on val with lr scaled by batch/256)",
+)
+
+
+# `shared`: one protocol for every method, so that what differs between two rows is the methods. Each method's lr is
+# its own reference value under AdamW, from the table below (a method not in it keeps its config default), and every
+# method searches the same number of points around it; everything else is the same for all.
+_SHARED_SPT_LR = {"mae": {"lr": _SPT_MAE_LR}, "*": {"lr": _SPT_OTHER_LR}}
+_SHARED_REFERENCE_LR: dict[str, tuple[dict[str, dict[str, float]], str]] = {
+    "spt-*": (_SHARED_SPT_LR, f"{_SPT} README.md: AdamW lr 5e-2 on MAE, 1e-3 on MoCo-v3 and supervised"),
+    # VPT's own rates are SGD's (tune_fgvc.py) and mean nothing to AdamW; its prompts are the parameters SPT tunes.
+    "vpt-*": (_SHARED_SPT_LR, f"VPT's lrs are SGD's ({_VPT} tune_fgvc.py:151-157); its prompts are the parameters "
+                              f"SPT tunes, so it takes SPT's AdamW lr ({_SPT} README.md)"),
+    "ssf": ({"*": {"lr": 5e-3}}, "dongzelian/SSF train_scripts/vit/vtab/*/train_ssf.sh:6: AdamW, lr 5e-3 on 10 of "
+                                 "the 19 VTAB tasks, the modal value (docs/reference-audit.md section 14)"),
+    "lora": ({"*": {"lr": 1e-3}}, "ZhangYuanhan-AI/NOAH configs/LoRA/VTAB/slurm_train_lora_vtab.sh:22: AdamW, lr 1e-3"),
+}
+# Five learning rates a factor of 2 apart around the centre (powers of 2 keep lr x factor exact in floating point),
+# times the same two weight decays for every method: 10 points each.
+_SHARED_LR_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25)
+_SHARED_WEIGHT_DECAYS = [1e-2, 1e-4]
+# The harness's own pipeline, spelt out so that it is pinned for this protocol. Each value is the one most
+# references share or the one the weights ask for: the weights' own normalisation, the family's image pipelines
+# (VTAB's squash is VPT's, NOAH's and SSF's; FGVC's is SPT's), SPT's, SSF's and NOAH's head init, the last batch kept
+# (VPT), mean-pooled backbones through their checkpoint's norm (SPT), the final stage on train+val. Precision `auto`
+# (bf16 autocast on CUDA, fp32 on the CPU): the same arithmetic for every method, so it favours none, and it keeps a
+# grid of 10 points per method and task affordable on a GPU; the paper recipes pin fp32 where their code ran it.
+_SHARED_PIPELINE = dict(normalisation="weights", transforms="task", head_init="trunc-normal-0.02", drop_last=False,
+                        precision="auto", prompt_images="eval", shallow_init="as_named", pool_norm="checkpoint",
+                        final_train="train+val")
+
+RECIPES.register(
+    "shared",
+    Recipe(
+        methods=("*",),
+        # epochs 0: the task's, for every method (the linear heads' config trains 100 whatever the task).
+        values={"*": dict(epochs=0, optimizer="adamw", min_lr=0.0, weight_decay=1e-4, head_weight_decay=None,
+                          batch_size=32, lr_step="batch", drop_path=0.0)},
+        method_values={glob: lrs for glob, (lrs, _) in _SHARED_REFERENCE_LR.items()},
+        search={"*": {"weight_decay": _SHARED_WEIGHT_DECAYS}},
+        lr_factors=_SHARED_LR_FACTORS,
+        protocol={"*": _SHARED_PIPELINE},
+        final_seeds=(42, 44, 82, 100, 800),
+        warmup_fraction=0.1,
+        sources={
+            **{f"lr ({glob})": source for glob, (_, source) in _SHARED_REFERENCE_LR.items()},
+            "lr (every other method)": "the method's config default (bench list methods; docs/methods.md)",
+            "optimizer, schedule": "AdamW with a linear warm-up over 10% of the epochs and a cosine to 0, stepped per "
+                                   f"batch: SPT's ({_SPT} utils.py adjust_learning_rate), SSF's and NOAH's optimiser",
+            "weight_decay, batch_size": "1e-4 (NOAH's) in fixed runs, searched over {1e-2 (SPT's), 1e-4}; batch 32",
+            "search": "5 lr (the method's reference lr x 4, 2, 1, 1/2, 1/4) x 2 weight decays: 10 points per "
+                      "method and task",
+            "final_seeds": f"VPT's five final seeds ({_VPT} tune_vtab.py:284)",
+            "pipeline": "the harness's own, pinned, the same for every method (docs/recipes.md: why each value)",
+        },
+        departures=(
+            "a comparison protocol, not a paper's: each method leaves its own paper's optimiser, batch, schedule, "
+            "pipeline and grid (see the paper recipes for those)",
+            "only lr and weight decay are searched; a method's other hyper-parameters (LoRA rank, adapter "
+            "bottleneck, prompt count) keep their config defaults",
+        ),
+    ),
+    "a protocol for comparing methods: one pipeline and optimiser for all, 10 grid points around each method's lr",
 )
 
 
@@ -256,13 +344,20 @@ def search_grid(method: str, backbone: str, recipe: str | None, task: str) -> di
     method's own."""
     if recipe is None:
         return dict(METHODS.get(method).search)
-    return RECIPES.get(recipe).search_for(backbone_entry(backbone).objective, task_family(task))
+    chosen = RECIPES.get(recipe)
+    search = chosen.search_for(backbone_entry(backbone).objective, task_family(task))
+    if not chosen.lr_factors:
+        return search
+    centre = resolve_hparams(method, task, backbone, recipe, {})["lr"]
+    return {"lr": [centre * factor for factor in chosen.lr_factors], **search}
 
 
-def final_seeds(method: str, recipe: str | None) -> tuple[int, ...]:
-    """The seeds the recipe's final stage runs (VPT's five); empty when the recipe names none."""
-    name = recipe_for(method, recipe)
-    return RECIPES.get(name).final_seeds if name is not None else ()
+def final_seeds(recipe: str | None, requested: list[int] | None) -> list[int]:
+    """The seeds a final stage of runs resolved under `recipe` trains: `--seeds` when given, else the recipe's own
+    (VPT's five), else `DEFAULT_SEEDS`."""
+    if requested is not None:
+        return list(requested)
+    return list((RECIPES.get(recipe).final_seeds if recipe is not None else ()) or DEFAULT_SEEDS)
 
 
 def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
@@ -273,7 +368,7 @@ def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
     warmup_fraction = None
     if recipe is not None:
         chosen = RECIPES.get(recipe)
-        values = chosen.values_for(backbone_entry(backbone).objective, task_family(task))
+        values = chosen.values_for(backbone_entry(backbone).objective, task_family(task), method)
         warmup_fraction = chosen.warmup_fraction
     overrides = {k: v for k, v in overrides.items() if k not in protocol.FIELDS}
     config_cls = METHODS.get(method).config_cls
@@ -288,9 +383,13 @@ def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
 
 def resolve_protocol(task: str, backbone: str, recipe: str | None, overrides: dict[str, Any]) -> Protocol:
     """The pipeline for `task` on `backbone` under `recipe`, with the protocol values of `overrides` on top."""
-    values = RECIPES.get(recipe).protocol_for(backbone_entry(backbone).objective, task_family(task)) \
-        if recipe is not None else {}
-    return Protocol.from_values({**values, **{k: v for k, v in overrides.items() if k in protocol.FIELDS}})
+    entry = backbone_entry(backbone)
+    values = RECIPES.get(recipe).protocol_for(entry.objective, task_family(task)) if recipe is not None else {}
+    pipeline = Protocol.from_values({**values, **{k: v for k, v in overrides.items() if k in protocol.FIELDS}})
+    if pipeline.pool_norm == "fresh" and entry.pooling != "avg":
+        raise BenchError(f"pool_norm=fresh replaces the norm of a mean-pooled backbone (MAE); {backbone} pools its "
+                         "class token through its own norm; drop --set pool_norm or pick a mean-pooled backbone")
+    return pipeline
 
 
 def make_spec(method: str, task: str, backbone: str, seed: int, overrides: dict[str, Any] | None = None,
@@ -307,5 +406,5 @@ def describe(name: str) -> dict[str, Any]:
     """A recipe as a record stores it: its values per objective, its search grids and its sources. Its name lists
     are lists, as JSON reads them back, so that a run's record equals its stored copy."""
     recipe = dataclasses.asdict(RECIPES.get(name))
-    return {"name": name, **recipe, **{key: list(recipe[key]) for key in ("methods", "default_for", "final_seeds",
-                                                                        "departures")}}
+    return {"name": name, **recipe, **{key: list(recipe[key]) for key in ("methods", "default_for", "lr_factors",
+                                                                        "final_seeds", "departures")}}

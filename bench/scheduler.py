@@ -3,8 +3,8 @@ execute the runs through joblib — local processes (loky) or a Dask cluster (an
 
 Protocol `tune` (VPT's): stage 1 trains every point of the method's search grid on train and scores it on val; the
 best point per (method, task, backbone) by val accuracy (ties: the smaller learning rate) is then trained on train+val
-once per seed and scored on test. The test split is read only in that final stage. Protocol `fixed` trains the given
-hyper-parameters on train, follows val, and reports test.
+once per seed (`--seeds`, else the recipe's final seeds: VPT's five) and scored on test. The test split is read only
+in that final stage. Protocol `fixed` trains the given hyper-parameters on train, follows val, and reports test.
 
 Each run holds a file lock named by its id while it executes, so two `bench run` processes on one results directory
 never execute the same run at once; a run whose record says done is never executed again.
@@ -118,8 +118,10 @@ def select_best(tuning: list[RunSpec], store: Store) -> tuple[dict[tuple, RunSpe
     return best, [group for group, entries in scored.items() if not entries]
 
 
-def final_specs(best: dict[tuple, RunSpec], seeds: list[int]) -> list[RunSpec]:
-    return [dataclasses.replace(s, seed=seed, stage="final") for s in best.values() for seed in seeds]
+def final_specs(best: dict[tuple, RunSpec], seeds: list[int] | None) -> list[RunSpec]:
+    """Stage 2: each selected setting once per seed; `seeds` None (no `--seeds`) takes its recipe's final seeds."""
+    return [dataclasses.replace(s, seed=seed, stage="final") for s in best.values()
+            for seed in recipes.final_seeds(s.recipe, seeds)]
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class RunRequest:
 
     Attributes:
         methods, tasks: comma lists of names, aliases and globs.
+        seeds: None when `--seeds` was not given: `recipes.DEFAULT_SEEDS`, and a final stage takes its recipe's.
         protocol: `tune` or `fixed` for every task; None: each task's own.
         epochs: overrides every run's epochs (a one-value sweep).
     """
@@ -135,7 +138,7 @@ class RunRequest:
     methods: str
     tasks: str
     backbones: list[str]
-    seeds: list[int]
+    seeds: list[int] | None
     results: Path
     sets: list[str] = field(default_factory=list)
     epochs: int | None = None
@@ -152,11 +155,14 @@ class Plan:
     """The runs a request makes, by the field's protocol: `fixed` runs, and the `tune` protocol's stage 1, whose
     val-best setting per (method, task, backbone, weights) stage 2 trains on train+val once per seed. `bench run`
     executes it and `--dry-run` prints it, so the two never disagree.
+
+    Attributes:
+        seeds: the final stage's seeds as asked (`--seeds`); None: each selected setting's recipe's final seeds.
     """
 
     fixed: list[RunSpec]
     tuning: list[RunSpec]
-    seeds: list[int]
+    seeds: list[int] | None
     swept: frozenset[str] = frozenset()
 
     @property
@@ -168,6 +174,12 @@ class Plan:
     def selections(self) -> int:
         """The settings stage 2 will train, one per group of stage-1 runs."""
         return len({_group(spec) for spec in self.tuning})
+
+    @property
+    def final_runs(self) -> int:
+        """The runs stage 2 will train: each selection once per final seed of its recipe (or `--seeds`)."""
+        recipe_of = {_group(spec): spec.recipe for spec in self.tuning}
+        return sum(len(recipes.final_seeds(recipe, self.seeds)) for recipe in recipe_of.values())
 
 
 def plan_run(request: RunRequest) -> Plan:
@@ -202,7 +214,9 @@ def plan_run(request: RunRequest) -> Plan:
         task = TASKS.get(name)
         caches.tasks.get(task, request.data_root)
         tasks_by_protocol.setdefault(request.protocol or task.protocol, []).append(name)
-    grids = {protocol: Grid(method_names, names, request.backbones, request.seeds, sweeps, weights, request.recipe)
+    # Without --seeds, fixed runs and stage 1 take the default seed: the ids they always had.
+    seeds = request.seeds if request.seeds is not None else list(recipes.DEFAULT_SEEDS)
+    grids = {protocol: Grid(method_names, names, request.backbones, seeds, sweeps, weights, request.recipe)
              for protocol, names in tasks_by_protocol.items()}
     return Plan(
         fixed=grids["fixed"].fixed_specs() if "fixed" in grids else [],

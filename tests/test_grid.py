@@ -645,7 +645,8 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
     out = _flat(capsys.readouterr().out)
     # Stage 1 only: lr(2) × the linear search's weight decays, first seed; stage 2 is announced, not listed.
     n = 2 * len(METHODS.get("linear").search["weight_decay"])
-    assert f"{n} run(s); after tuning, stage 2 trains 1 selected setting(s) × 2 seed(s)" in out
+    assert f"{n} run(s); after tuning, stage 2 trains 1 selected setting(s) in 2 run(s) (--seeds)" in out
+    assert f"stage-1 grid points per task: linear {n}" in out
     assert "final" not in out and sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
@@ -796,3 +797,39 @@ def test_summarise_gives_mean_and_sample_std_over_seeds_splits_variants_and_excl
     some = summarise(frame, {r.id for r in records if r.spec.stage == "final"})
     assert sorted(some["task"]) == ["mnist5k", "sprites-loc"]
 
+
+
+def test_without_seeds_a_final_stage_takes_its_recipes_final_seeds_and_seeds_given_always_win(
+    tiny_registered, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "250")
+    backbone, task = tiny_registered
+
+    def plan(methods: str, seeds: list[int] | None):
+        return plan_run(RunRequest(methods=methods, tasks=task, backbones=[backbone], seeds=seeds,
+                                   results=tmp_path / "results", epochs=1, protocol="tune"))
+
+    def finals(p) -> list:
+        first = {}
+        for spec in p.tuning:
+            first.setdefault((spec.method, spec.task, spec.backbone), spec)
+        return final_specs(first, p.seeds)
+
+    # vpt-paper names VPT's five final seeds (tune_vtab.py:284); stage 1 keeps seed 0, the ids it always had.
+    vpt = plan("vpt-deep", None)
+    assert vpt.seeds is None and {s.seed for s in vpt.tuning} == {0}
+    assert vpt.tuning == plan("vpt-deep", [0]).tuning
+    assert [s.seed for s in finals(vpt)] == [42, 44, 82, 100, 800] and vpt.final_runs == 5
+    assert [s.seed for s in finals(plan("vpt-deep", [3, 4]))] == [3, 4]
+    # A recipe without final seeds, and no recipe, keep seed 0: the same runs as before the default became None.
+    for methods in ("spt-deep", "linear"):
+        unset, zero = plan(methods, None), plan(methods, [0])
+        assert [s.run_id for s in finals(unset)] == [s.run_id for s in finals(zero)]
+        assert [s.run_id for s in unset.known] == [s.run_id for s in zero.known]
+    fixed = plan_run(RunRequest(methods="vpt-deep", tasks=task, backbones=[backbone], seeds=None,
+                                results=tmp_path / "results", epochs=1, protocol="fixed"))
+    assert [s.seed for s in fixed.fixed] == [0]
+    # The CLI leaves --seeds unset when it is not given, and its dry run counts the recipe's final runs.
+    assert main(["run", "--methods", "vpt-deep", "--tasks", task, "--backbone", backbone, "--epochs", "1",
+                 "--protocol", "tune", "--results", str(tmp_path / "results"), "--dry-run"]) == 0
+    assert "1 selected setting(s) in 5 run(s)" in " ".join(capsys.readouterr().out.split())

@@ -19,7 +19,8 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from bench.cli import main
 from bench.data import Preprocess, tensor_batches
-from bench.engine import _batches, steps_in_epoch
+from bench import BenchError
+from bench.engine import Caches, _batches, prepare, steps_in_epoch
 from bench.imagefiles import FileSplit
 from bench.protocol import PIPELINES, Protocol, init_head
 from bench.recipes import make_spec, resolve_hparams, resolve_protocol
@@ -38,8 +39,14 @@ REFERENCE = {
     ("spt-paper", "cub", "mocov3-vit-b16"): {**_SPT, "transforms": "task", "head_init": "trunc-normal-0.01"},
     ("spt-paper", "kitti-dist", "mocov3-vit-b16"): {**_SPT, "transforms": "spt-vtab", "head_init": "trunc-normal-0.01"},
     # VPT src/data/transforms.py:20-40, src/models/mlp.py:52-57, src/data/loader.py:53-58 (one GPU keeps it).
-    ("vpt-paper", "cub", "sup21k-vit-b16"): {**_VPT, "transforms": "vpt-fgvc"},
-    ("vpt-paper", "cifar100", "mae-vit-b16"): {**_VPT, "transforms": "task"},
+    # VPT train.py:66-71: FGVC's final runs train on train, VTAB's on train+val; on MAE, VPT pools through a fresh
+    # fc_norm (src/models/vit_backbones/vit_mae.py:21-25).
+    ("vpt-paper", "cub", "sup21k-vit-b16"): {**_VPT, "transforms": "vpt-fgvc", "final_train": "train",
+                                             "pool_norm": "checkpoint"},
+    ("vpt-paper", "cub", "mae-vit-b16"): {**_VPT, "transforms": "vpt-fgvc", "final_train": "train",
+                                          "pool_norm": "fresh"},
+    ("vpt-paper", "cifar100", "mae-vit-b16"): {**_VPT, "transforms": "task", "final_train": "train+val",
+                                               "pool_norm": "fresh"},
     # The micro suite keeps the harness's pipeline under either recipe: its committed study ran on it.
     ("spt-paper", "digits", "micro-mae"): Protocol().to_dict(),
     ("vpt-paper", "digits", "micro-mae"): Protocol().to_dict(),
@@ -171,3 +178,38 @@ def test_a_bad_pipeline_value_is_one_line_and_exit_2_before_anything_runs(settin
                  "--results", str(results)]) == 2
     assert capsys.readouterr().err.strip() == f"bench: error: {expected}"
     assert not results.exists()
+
+
+def test_a_fresh_pool_norm_pools_the_mean_through_layernorm_with_weight_1_and_bias_0(images):
+    # VPT's MAE fc_norm: LayerNorm(768, eps=1e-6), absent from the checkpoint, frozen.
+    spec = make_spec("vpt-deep", "digits", "micro-mae", 0, {"num_prompts": "2", "pool_norm": "fresh"}, recipe="none")
+    prepared = prepare(spec, torch.device("cpu"), None, Caches())
+    trunk = prepared.adapted.trunk.eval()
+    norm = trunk.vit.norm
+    with torch.no_grad():
+        *_, tokens = trunk.forward_tokens(images)
+        pooled = trunk(images)
+    mean = tokens[:, trunk.vit.num_prefix_tokens:].mean(dim=1)  # the prompts are in the mean, as in VPT's MAE
+    expected = nn.functional.layer_norm(mean, (mean.shape[-1],), eps=1e-6)
+    assert torch.allclose(pooled, expected, atol=1e-5)
+    assert norm.eps == 1e-6 and not any(p.requires_grad for p in norm.parameters())
+    assert not any("norm" in name for name, _ in prepared.learnable)
+    # The checkpoint's own norm, which `checkpoint` keeps, is not the identity: the two pool differently.
+    checkpoint = prepare(make_spec("vpt-deep", "digits", "micro-mae", 0, {"num_prompts": "2"}, recipe="none"),
+                         torch.device("cpu"), None, Caches())
+    assert not torch.allclose(checkpoint.backbone.model.norm.weight, torch.ones_like(norm.weight))
+
+
+def test_a_fresh_pool_norm_on_a_class_token_backbone_is_one_clear_error():
+    with pytest.raises(BenchError, match="pool_norm=fresh replaces the norm of a mean-pooled backbone"):
+        resolve_protocol("cub", "sup21k-vit-b16", None, {"pool_norm": "fresh"})
+
+
+@pytest.mark.parametrize("final_train,size", [("train+val", 48 + 16), ("train", 48)])
+def test_the_final_stage_trains_on_what_final_train_names(tiny_registered, final_train, size):
+    backbone, task = tiny_registered
+    spec = make_spec("linear", task, backbone, 0, {"final_train": final_train}, stage="final")
+    assert len(prepare(spec, torch.device("cpu"), None, Caches()).train_split) == size
+    # The other stages train on train whatever it says.
+    tune = make_spec("linear", task, backbone, 0, {"final_train": final_train}, stage="tune")
+    assert len(prepare(tune, torch.device("cpu"), None, Caches()).train_split) == 48

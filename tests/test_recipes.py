@@ -171,3 +171,64 @@ def test_per_epoch_schedule_holds_each_epochs_rate_as_vpts_trainer_does():
         optimizer.step()
         schedule.step()
     assert resolve_hparams("vpt-deep", "cub", "sup21k-vit-b16", "vpt-paper", {})["lr_step"] == "epoch"
+
+
+# --- shared: one protocol for comparing methods ----------------------------------------------------------------------
+
+# (task, backbone) pairs that cover every task family and the objectives whose reference lrs differ.
+_SHARED_AT = [("digits", "micro-mae"), ("cub", "mae-vit-b16"), ("cifar100", "sup21k-vit-b16"),
+              ("kitti-dist", "mocov3-vit-b16")]
+# What "the same optimiser and budget" means: the values no method may differ in under `shared`.
+_SHARED_KEYS = ("optimizer", "min_lr", "batch_size", "lr_step", "drop_path", "head_weight_decay", "epochs",
+                "warmup_epochs")
+
+
+@pytest.mark.parametrize("task,backbone", _SHARED_AT)
+def test_shared_gives_every_registered_method_the_same_budget_pipeline_and_optimiser(task, backbone):
+    from bench.method import METHODS
+    from bench.recipes import resolve_protocol
+
+    methods = METHODS.names()
+    assert all(recipe_for(m, "shared") == "shared" for m in methods)
+    grids = {m: Grid([m], [task], [backbone], [0], recipe="shared").tuning_specs() for m in methods}
+    assert {len(specs) for specs in grids.values()} == {10}, {m: len(s) for m, s in grids.items()}
+    # Every method searches the same weight decays, and five learning rates a factor 2 apart around its own.
+    for method, specs in grids.items():
+        lrs = sorted({s.hparams["lr"] for s in specs})
+        centre = resolve_hparams(method, task, backbone, "shared", {})["lr"]
+        assert lrs == pytest.approx([centre / 4, centre / 2, centre, 2 * centre, 4 * centre]), method
+        assert sorted({s.hparams["weight_decay"] for s in specs}) == [1e-4, 1e-2], method
+    pipelines = {m: resolve_protocol(task, backbone, recipe_for(m, "shared"), {}) for m in methods}
+    assert len(set(pipelines.values())) == 1
+    specs = [s for grid in grids.values() for s in grid]
+    assert len({tuple(sorted(s.protocol.items())) for s in specs}) == 1
+    for key in _SHARED_KEYS:
+        assert len({s.hparams[key] for s in specs}) == 1, key
+
+
+@pytest.mark.parametrize("method,backbone,lr", [
+    ("spt-deep", "mae-vit-b16", 5e-2), ("vpt-shallow", "mae-vit-b16", 5e-2), ("vpt-deep", "sup21k-vit-b16", 1e-3),
+    ("ssf", "sup21k-vit-b16", 5e-3), ("lora", "mae-vit-b16", 1e-3)])
+def test_shared_centres_each_grid_on_the_methods_cited_reference_lr(method, backbone, lr):
+    # SPT README.md (and VPT under SPT's AdamW), SSF's modal VTAB script lr, NOAH's LoRA script.
+    assert resolve_hparams(method, "cub", backbone, "shared", {})["lr"] == lr
+
+
+def test_shared_centres_a_method_without_a_reference_on_its_config_default():
+    from bench.method import METHODS
+
+    default = METHODS.get("full").config_cls().lr
+    assert resolve_hparams("full", "cub", "mae-vit-b16", "shared", {})["lr"] == default
+    assert search_grid("full", "mae-vit-b16", "shared", "cub")["lr"][2] == default
+
+
+def test_a_per_method_recipe_value_reaches_only_its_method_and_its_families():
+    # VPT's demo.ipynb:110-175 sets MODEL.PROMPT.DROPOUT 0.1 for VPT-deep only; the micro suite keeps 0.
+    assert resolve_hparams("vpt-deep", "cub", "mae-vit-b16", "vpt-paper", {})["prompt_dropout"] == 0.1
+    assert resolve_hparams("vpt-deep", "cifar100", "sup21k-vit-b16", "vpt-paper", {})["prompt_dropout"] == 0.1
+    assert resolve_hparams("vpt-shallow", "cub", "mae-vit-b16", "vpt-paper", {})["prompt_dropout"] == 0.0
+    assert resolve_hparams("spt-deep", "cub", "mae-vit-b16", "vpt-paper", {})["prompt_dropout"] == 0.0
+    assert resolve_hparams("vpt-deep", "digits", "micro-mae", "vpt-paper", {})["prompt_dropout"] == 0.0
+    # --set wins over it.
+    assert resolve_hparams("vpt-deep", "cub", "mae-vit-b16", "vpt-paper", {"prompt_dropout": "0"})[
+        "prompt_dropout"] == 0
