@@ -24,6 +24,7 @@ from bench import BenchError
 from bench.backbone import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:
+    from bench.config import RunSpec
     from bench.scheduler import Plan
     from bench.store import Store
 
@@ -422,13 +423,20 @@ def _dry_run(plan: Plan, store: Store, console: Console) -> int:
     if plan.tuning:
         line += (f"; after tuning, stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
                  f"({'--seeds' if plan.seeds is not None else 'the final seeds of each recipe'})")
-        # The tuning budget, which a fair comparison gives every method alike (`--recipe shared`).
-        points = Counter((spec.method, spec.task, spec.backbone) for spec in plan.tuning)
-        sizes = {method: sorted({n for (m, *_), n in points.items() if m == method}) for method, *_ in points}
-        line += "\nstage-1 grid points per task: " + ", ".join(
-            f"{method} {n[0]}" + (f"-{n[-1]}" if len(n) > 1 else "") for method, n in sizes.items())
+    # The budget per method, which a fair comparison gives every method alike (`--recipe shared`).
+    if plan.fixed:
+        line += f"\nfixed runs per task: {_per_task(plan.fixed)}"
+    if plan.tuning:
+        line += f"\nstage-1 grid points per task: {_per_task(plan.tuning)}"
     console.print(line, highlight=False)
     return 0
+
+
+def _per_task(specs: list[RunSpec]) -> str:
+    """`method n` per method: its runs per (task, backbone), `lo-hi` where they differ between tasks."""
+    counts = Counter((spec.method, spec.task, spec.backbone) for spec in specs)
+    sizes = {method: sorted({n for (m, *_), n in counts.items() if m == method}) for method, *_ in counts}
+    return ", ".join(f"{method} {n[0]}" + (f"-{n[-1]}" if len(n) > 1 else "") for method, n in sizes.items())
 
 
 def _frame_table(frame: Any, title: str) -> Table:
