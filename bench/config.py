@@ -18,6 +18,11 @@ from bench import BenchError
 
 C = TypeVar("C", bound="TrainConfig")
 
+# Field metadata of an option added to a method after runs of it were recorded: at its default the option stays out
+# of the resolved hyper-parameters (`TrainConfig.to_dict`), so those runs keep their ids; a config built from such a
+# spec takes the default back.
+ADDED_LATER = {"omitted_at_default": True}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -79,7 +84,9 @@ class TrainConfig:
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every value, except an `ADDED_LATER` option at its default."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not (f.metadata.get("omitted_at_default") and getattr(self, f.name) == f.default)}
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -15,7 +15,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -181,7 +181,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
         adapted = method.build(config, ctx)
     if pipeline.head_init != Protocol.head_init:
         # Drawn after the build, from the global RNG the build left: the default head's draws stay where they were.
-        init_head(adapted.head, pipeline.head_init)
+        adapted = replace(adapted, head=init_head(adapted.head, pipeline.head_init))
     adapted.trunk.to(dev)
     adapted.head.to(dev)
     probe_batch = None
