@@ -8,8 +8,9 @@ comes from, so a reader can check it.
 
 Every table of a recipe is keyed by scope: a task (`cifar100`: SSF's scripts set lr per task),
 `<family>/<objective>` (`fgvc/mocov3`), a task family (`fgvc`, `vtab`, `micro`), an objective (`mae`, `mocov3`,
-`supervised`, `none`) or `*`; the first key that matches, in that order, gives the values. The paper recipes define their pipeline for the families their papers ran (FGVC and VTAB-1k); the
-micro suite keeps the harness's own pipeline, on which its committed study ran.
+`supervised`, `none`) or `*`; the first key that matches, in that order, gives the values. The paper recipes define
+their pipeline for the families their papers ran (FGVC and VTAB-1k); the micro suite keeps the harness's own
+pipeline, on which its committed study ran.
 
 Resolution, lowest to highest priority: the method's config defaults, the recipe's values for the backbone's
 objective, then the user's `--set` (which also sets protocol values: `--set precision=auto`). A method that a recipe is

@@ -89,7 +89,8 @@ def noah_init(vit: nn.Module) -> None:
 
 
 @register_method("lora", LoRAConfig, "LoRA via peft: low-rank B·A beside qkv (B = 0 at init); targets=qkv,fc1,fc2 "
-                 "adds the MLP; init=noah starts as NOAH's baseline", SEARCH, starts_as_backbone=StartsAsBackbone({}, "B starts at zero"))
+                 "adds the MLP; init=noah starts as NOAH's baseline", SEARCH,
+                 starts_as_backbone=StartsAsBackbone({}, "B starts at zero"))
 def build_lora(config: LoRAConfig, ctx: BuildContext) -> Adapted:
     return _build(config, ctx, dora=False)
 
