@@ -228,7 +228,10 @@ def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
     epochs = config.epochs or p.task.epochs
     unit = steps_per_epoch if config.lr_step == "epoch" else 1
     lr_schedule = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch / unit),
-                                epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit)
+                                epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit,
+                                config.warmup_lr / config.lr, config.warmup_prefix)
+    # The cool-down trains on at min_lr, where the schedule ends.
+    epochs += config.cooldown_epochs
 
     for epoch in range(epochs):
         p.model.train()
@@ -424,17 +427,20 @@ def _optimizer(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0, steps_per_unit: int = 1
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0, steps_per_unit: int = 1,
+    start: float = 0.0, prefix: bool = True,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning-rate factor as the SPT reference's `adjust_learning_rate` (and VPT's `WarmupCosineSchedule`): linear
-    from 0 over `warmup` units, then a half cosine from 1 down to `floor` (min_lr / lr) at unit `total`. A unit is
-    `steps_per_unit` optimiser steps: 1 for a per-step schedule, an epoch's steps for a per-epoch one."""
+    from `start` (0) over `warmup` units, then a half cosine from 1 down to `floor` (min_lr / lr) at unit `total`, and
+    `floor` after it. A unit is `steps_per_unit` optimiser steps: 1 for a per-step schedule, an epoch's steps for a
+    per-epoch one. Without `prefix` the cosine runs from unit 0, the warm-up inside it (timm's `CosineLRScheduler`
+    with `warmup_prefix=False`)."""
 
     def factor(step: int) -> float:
         unit = step // steps_per_unit
         if unit < warmup:
-            return unit / warmup
-        progress = (unit - warmup) / max(1, total - warmup)
+            return start + (1.0 - start) * unit / warmup
+        progress = (unit - warmup) / max(1, total - warmup) if prefix else unit / max(1, total)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

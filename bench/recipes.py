@@ -256,7 +256,9 @@ _SSF_TASKS = {
 }
 # Elsewhere (micro, and any task SSF did not run): the modal VTAB value, 5e-3 with wd 5e-5 on 10 of 19 tasks.
 _SSF_COMMON = dict(optimizer="adamw", lr=5e-3, min_lr=1e-8, weight_decay=5e-5, head_weight_decay=None,
-                   batch_size=64, lr_step="epoch", drop_path=0.0)
+                   batch_size=64, lr_step="epoch", drop_path=0.0, warmup_lr=1e-7, warmup_prefix=False)
+# SSF's scripts train 10 epochs at min_lr after their 100 (timm's --cooldown-epochs default); on the tasks they ran.
+_SSF_SCRIPT = {**_SSF_COMMON, "cooldown_epochs": 10}
 
 
 def _bracket(lr: float) -> list[float]:
@@ -268,7 +270,7 @@ RECIPES.register(
     "ssf-paper",
     Recipe(
         methods=("ssf",),
-        values={"*": _SSF_COMMON, **{task: {**_SSF_COMMON, "lr": lr, "weight_decay": wd, "drop_path": dp}
+        values={"*": _SSF_COMMON, **{task: {**_SSF_SCRIPT, "lr": lr, "weight_decay": wd, "drop_path": dp}
                                      for task, (_, lr, wd, dp) in _SSF_TASKS.items()}},
         search={"*": {"lr": _bracket(_SSF_COMMON["lr"])},
                 **{task: {"lr": _bracket(lr)} for task, (_, lr, _, _) in _SSF_TASKS.items()}},
@@ -281,6 +283,10 @@ RECIPES.register(
                                                                     for task, (folder, *_) in _SSF_TASKS.items()),
             "optimizer, min_lr, warm-up": f"{_SSF} train_ssf.sh L4 --opt adamw, L5 --warmup-lr 1e-7 --warmup-epochs "
                                           "10, L6 --min-lr 1e-8, L3 --epochs 100",
+            "warmup_prefix, cooldown_epochs": f"{_SSF} train.py:522 timm 0.6.5 create_scheduler: "
+                "CosineLRScheduler(t_initial=epochs, warmup_prefix=False), the warm-up inside the cosine "
+                "(scheduler/cosine_lr.py:72-77); train.py:202 --cooldown-epochs 10: 110 epochs trained, the last 10 "
+                "at min_lr (log/cifar100.csv has 110 rows)",
             "batch_size": f"{_SSF} train_ssf.sh L1 --nproc_per_node=2, L3 --batch-size 32 per process "
                           "(data/loader.py:235 DistributedSampler): 64 images per step",
             "drop_last": f"{_SSF} data/loader.py:257 drop_last=is_training",
@@ -301,9 +307,7 @@ RECIPES.register(
         departures=(
             "backbone: the recipe does not choose it; SSF's numbers are AugReg in21k: pass --backbone "
             "sup21k-augreg-vit-b16",
-            "schedule: warm-up from 0, not from 1e-7; the cosine starts after the warm-up over the remaining 90 "
-            "epochs, where timm's CosineLRScheduler (warmup_prefix=False) evaluates it at epoch t over 100",
-            "no cool-down: SSF trains 10 more epochs at min_lr (train.py:202 --cooldown-epochs 10, 110 in all)",
+            "cool-down: 10 epochs whatever --epochs says (SSF's 100 + 10); --set cooldown_epochs=0 drops them",
             "precision: fp16 autocast with loss scaling in the reference; bench trains bf16 autocast on CUDA, "
             "fp32 on the CPU (precision=auto)",
             "FGVC: no model EMA (train_ssf.sh L8 --model-ema-decay 0.9998, 0.999 on Flowers), no mixup 0.8 / "
@@ -325,8 +329,8 @@ RECIPES.register(
     Recipe(
         methods=("lora",),
         values={"*": dict(optimizer="adamw", lr=_NOAH_LR, min_lr=1e-5, weight_decay=1e-4, head_weight_decay=None,
-                          batch_size=64, lr_step="epoch", drop_path=0.1, rank=8, alpha=8.0, targets="qkv",
-                          dropout=0.1, init="noah")},
+                          batch_size=64, lr_step="epoch", drop_path=0.1, warmup_lr=1e-6, warmup_prefix=False,
+                          rank=8, alpha=8.0, targets="qkv", dropout=0.1, init="noah")},
         search={"*": {"lr": _bracket(_NOAH_LR)}},
         protocol={"vtab": dict(normalisation="imagenet", drop_last=True, precision="fp32")},
         final_seeds=(0,),
@@ -336,8 +340,12 @@ RECIPES.register(
                 "WEIGHT_DECAY=0.0001, :21 LR 0.001, :36 --batch-size=64 --epochs=100",
             "optimizer": f"{_NOAH} supernet_train_prompt.py:74 --opt adamw, :365 timm create_optimizer (1-D "
                          "tensors undecayed)",
-            "min_lr, warm-up": f"{_NOAH} supernet_train_prompt.py:98 --warmup-lr 1e-6, :100 --min-lr 1e-5, "
-                               ":107 --warmup-epochs 10",
+            "min_lr, warm-up, warmup_lr": f"{_NOAH} supernet_train_prompt.py:98 --warmup-lr 1e-6, :100 --min-lr "
+                                          "1e-5, :107 --warmup-epochs 10",
+            "warmup_prefix": f"{_NOAH} supernet_train_prompt.py:367 timm 0.5.4 create_scheduler: "
+                             "CosineLRScheduler(warmup_prefix=False), the warm-up inside the cosine",
+            "cooldown_epochs": f"{_NOAH} supernet_train_prompt.py:400 trains range(start_epoch, epochs): the "
+                               "scheduler's 10 cool-down epochs never run",
             "lr_step": f"{_NOAH} supernet_train_prompt.py:414 lr_scheduler.step(epoch) once per epoch",
             "drop_path": f"{_NOAH} supernet_train_prompt.py:59 --drop-path 0.1 (the scripts keep the default)",
             "rank, targets, alpha": f"{_NOAH} experiments/LoRA/ViT-B_prompt_lora_8.yaml: LORA_DIM 8 in all 12 "
@@ -358,8 +366,8 @@ RECIPES.register(
                       "factor of 2",
         },
         departures=(
-            "schedule: warm-up from 0, not 1e-6; cosine over the 90 epochs after it, where timm's scheduler "
-            "evaluates it at epoch t over 100, and NOAH's step(epoch) lags it by one epoch",
+            "schedule: NOAH's lr_scheduler.step(epoch) after epoch e (supernet_train_prompt.py:414) sets epoch "
+            "e+1 to the value of epoch e, so it trains one epoch behind timm's schedule; bench does not lag",
             "NOAH's Adapter baseline is not covered: bench has no sequential (Houlsby-style, QuickGELU) adapter",
             "selection: NOAH prints the max test accuracy over epochs (supernet_train_prompt.py:428-431); bench "
             "tunes on val and reports the last epoch",

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import timm.scheduler
 import torch
 from scipy import stats
 from torch import nn
@@ -18,7 +19,7 @@ import bench.methods  # noqa: F401  (registers the methods)
 from bench import BenchError
 from bench.cli import main
 from bench.config import RunSpec
-from bench.engine import run
+from bench.engine import run, warmup_cosine
 from bench.methods.adaptformer import AdaptFormerConfig, AdaptFormerViT, Bottleneck
 from bench.methods.lora import LoRAConfig, noah_init
 from bench.protocol import Protocol, init_head
@@ -76,6 +77,37 @@ def test_ssf_paper_resolves_each_tasks_script_values(folder):
     assert search_grid("ssf", "sup21k-augreg-vit-b16", "ssf-paper", task)["lr"] == [2 * lr, lr, lr / 2]
     # data/loader.py:257 drop_last=is_training.
     assert resolve_protocol(task, "sup21k-augreg-vit-b16", "ssf-paper", {}).drop_last is True
+
+
+@pytest.mark.parametrize("recipe,method,task,warmup_lr,min_lr,cooldown", [
+    ("ssf-paper", "ssf", "clevr-dist", 1e-7, 1e-8, 10),  # SSF train_ssf.sh L5-L6, train.py:202
+    ("noah", "lora", "cifar100", 1e-6, 1e-5, 0),  # NOAH supernet_train_prompt.py:98,100,400
+])
+def test_the_recipes_schedule_is_timms_cosine_scheduler_epoch_by_epoch(recipe, method, task, warmup_lr, min_lr,
+                                                                        cooldown):
+    hparams = resolve_hparams(method, task, "sup21k-augreg-vit-b16", recipe, {})
+    assert (hparams["warmup_lr"], hparams["min_lr"], hparams["warmup_prefix"], hparams.get("cooldown_epochs", 0)) \
+        == (warmup_lr, min_lr, False, cooldown)
+    lr, epochs, warmup, steps_per_epoch = hparams["lr"], hparams["epochs"], round(hparams["warmup_epochs"]), 3
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = warmup_cosine(optimizer, warmup, epochs, min_lr / lr, steps_per_epoch, warmup_lr / lr, prefix=False)
+    # The reference: timm's CosineLRScheduler as create_scheduler builds it (t_initial=epochs, warmup inside).
+    reference_optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    reference = timm.scheduler.CosineLRScheduler(reference_optimizer, t_initial=epochs, lr_min=min_lr,
+                                                 warmup_lr_init=warmup_lr, warmup_t=warmup, warmup_prefix=False)
+    for step in range((epochs + cooldown) * steps_per_epoch):
+        reference.step(step // steps_per_epoch)
+        expected = reference_optimizer.param_groups[0]["lr"]
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15), step
+        optimizer.step()
+        schedule.step()
+
+
+def test_cool_down_epochs_train_after_the_schedule(tiny_registered):
+    backbone, task = tiny_registered
+    record = run(make_spec("ssf", task, backbone, 0, {"epochs": "2", "cooldown_epochs": "1", "batch_size": "16"},
+                           recipe="ssf-paper"))
+    assert len(record.curves["train_loss"]) == 3
 
 
 def test_a_task_scope_wins_over_family_and_objective_and_set_wins_over_it():
