@@ -99,7 +99,7 @@ SEARCH = {"lr": [1e-2, 3e-3, 1e-3], "bottleneck": [8, 64]}
 
 
 @register_method("adaptformer", AdaptFormerConfig, "AdaptFormer: scaled bottleneck adapter in parallel with each "
-                 "block's MLP (up-projection zero at init)", SEARCH,
+                 "block's MLP (up-projection zero at init); adapter_input=residual dropout=0.1 as its code", SEARCH,
                  starts_as_backbone=StartsAsBackbone({}, "the up-projection starts at zero"))
 def build_adaptformer(config: AdaptFormerConfig, ctx: BuildContext) -> Adapted:
     trunk = AdaptFormerViT(ctx.backbone.model, ctx.backbone.pooling, config.bottleneck, config.scale, ctx.generator,
