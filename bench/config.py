@@ -18,6 +18,11 @@ from bench import BenchError
 
 C = TypeVar("C", bound="TrainConfig")
 
+# Field metadata of an option added to a method after runs of it were recorded: at its default the option stays out
+# of the resolved hyper-parameters (`TrainConfig.to_dict`), so those runs keep their ids; a config built from such a
+# spec takes the default back.
+ADDED_LATER = {"omitted_at_default": True}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -38,6 +43,10 @@ class TrainConfig:
         lr_step: `batch` updates the learning rate every step (the SPT reference), `epoch` once per epoch (VPT's
             trainer calls its scheduler once per epoch, so the first epoch of its warm-up trains at lr 0).
         drop_path: stochastic depth rate of the backbone's blocks during training.
+        warmup_lr: the learning rate the warm-up starts from (timm's `--warmup-lr`: SSF 1e-7, NOAH 1e-6).
+        warmup_prefix: the cosine starts after the warm-up; false: it counts from the first epoch, the warm-up
+            inside it (timm's `CosineLRScheduler(warmup_prefix=False)`, which SSF and NOAH train with).
+        cooldown_epochs: epochs trained at `min_lr` after `epochs` (timm's `--cooldown-epochs`: SSF trains 10).
     """
 
     epochs: int = 0
@@ -50,6 +59,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     lr_step: str = "batch"
     drop_path: float = 0.0
+    warmup_lr: float = field(default=0.0, metadata=ADDED_LATER)
+    warmup_prefix: bool = field(default=True, metadata=ADDED_LATER)
+    cooldown_epochs: int = field(default=0, metadata=ADDED_LATER)
 
     def validate(self) -> None:
         _check(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0 (0 = the task's default)")
@@ -63,6 +75,8 @@ class TrainConfig:
         _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "a float >= 0")
         _check(self.lr_step in ("batch", "epoch"), "lr_step", self.lr_step, "batch or epoch")
         _check(0 <= self.drop_path < 1, "drop_path", self.drop_path, "a float in [0, 1)")
+        _check(0 <= self.warmup_lr <= self.lr, "warmup_lr", self.warmup_lr, f"a float in [0, lr={self.lr}]")
+        _check(self.cooldown_epochs >= 0, "cooldown_epochs", self.cooldown_epochs, "an integer >= 0")
 
     @classmethod
     def from_overrides(cls: type[C], overrides: dict[str, Any]) -> C:
@@ -79,7 +93,9 @@ class TrainConfig:
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every value, except an `ADDED_LATER` option at its default."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not (f.metadata.get("omitted_at_default") and getattr(self, f.name) == f.default)}
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

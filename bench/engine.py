@@ -15,7 +15,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -185,7 +185,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
         adapted = method.build(config, ctx)
     if pipeline.head_init != Protocol.head_init:
         # Drawn after the build, from the global RNG the build left: the default head's draws stay where they were.
-        init_head(adapted.head, pipeline.head_init)
+        adapted = replace(adapted, head=init_head(adapted.head, pipeline.head_init))
     adapted.trunk.to(dev)
     adapted.head.to(dev)
     probe_batch = None
@@ -232,7 +232,10 @@ def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
     epochs = config.epochs or p.task.epochs
     unit = steps_per_epoch if config.lr_step == "epoch" else 1
     lr_schedule = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch / unit),
-                                epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit)
+                                epochs * steps_per_epoch // unit, config.min_lr / config.lr, unit,
+                                config.warmup_lr / config.lr, config.warmup_prefix)
+    # The cool-down trains on at min_lr, where the schedule ends.
+    epochs += config.cooldown_epochs
 
     for epoch in range(epochs):
         p.model.train()
@@ -428,17 +431,20 @@ def _optimizer(learnable: list[tuple[str, nn.Parameter]], config: TrainConfig) -
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0, steps_per_unit: int = 1
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0, steps_per_unit: int = 1,
+    start: float = 0.0, prefix: bool = True,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning-rate factor as the SPT reference's `adjust_learning_rate` (and VPT's `WarmupCosineSchedule`): linear
-    from 0 over `warmup` units, then a half cosine from 1 down to `floor` (min_lr / lr) at unit `total`. A unit is
-    `steps_per_unit` optimiser steps: 1 for a per-step schedule, an epoch's steps for a per-epoch one."""
+    from `start` (0) over `warmup` units, then a half cosine from 1 down to `floor` (min_lr / lr) at unit `total`, and
+    `floor` after it. A unit is `steps_per_unit` optimiser steps: 1 for a per-step schedule, an epoch's steps for a
+    per-epoch one. Without `prefix` the cosine runs from unit 0, the warm-up inside it (timm's `CosineLRScheduler`
+    with `warmup_prefix=False`)."""
 
     def factor(step: int) -> float:
         unit = step // steps_per_unit
         if unit < warmup:
-            return unit / warmup
-        progress = (unit - warmup) / max(1, total - warmup)
+            return start + (1.0 - start) * unit / warmup
+        progress = (unit - warmup) / max(1, total - warmup) if prefix else unit / max(1, total)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

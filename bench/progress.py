@@ -38,7 +38,8 @@ class GridDisplay:
         self._log(f"{title}: {total} run(s), {skipped} already finished")
 
     def run_started(self, spec: RunSpec) -> None:
-        self.current = self.bar.add_task(f"  {spec.label}", total=spec.hparams["epochs"], status="")
+        epochs = spec.hparams["epochs"] + spec.hparams.get("cooldown_epochs", 0)
+        self.current = self.bar.add_task(f"  {spec.label}", total=epochs, status="")
         self._log(f"start {spec.label}")
 
     def epoch(self, spec: RunSpec, epoch: int, epochs: int, loss: float, val_acc: float | None) -> None:

@@ -28,7 +28,7 @@ from bench.registry import Registry
 PIPELINES: Registry[ImageTransforms] = Registry("image pipeline")
 
 NORMALISATIONS = {"weights": None, "imagenet": (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))}
-HEAD_INITS = ("trunc-normal-0.02", "trunc-normal-0.01", "kaiming-fan-out")
+HEAD_INITS = ("trunc-normal-0.02", "trunc-normal-0.01", "kaiming-fan-out", "bn-trunc-normal-0.01")
 PRECISIONS = ("auto", "fp32")
 
 
@@ -42,7 +42,8 @@ class Protocol:
         transforms: `task` (the task family's own pipelines) or a name in `PIPELINES`.
         head_init: `trunc-normal-0.02` (zero bias; SPT's `train_MAE.py`/`train.py`), `trunc-normal-0.01` (SPT's
             `train_MoCo.py`) or `kaiming-fan-out` (VPT's `src/models/mlp.py`: Kaiming-normal, fan-out, every bias
-            -log(99)).
+            -log(99)) or `bn-trunc-normal-0.01` (AdaptFormer's `main_image.py:227-231`: std 0.01, behind a
+            `BatchNorm1d(affine=False, eps=1e-6)` that standardises the pooled features).
         drop_last: drop the last partial training batch, and count an epoch's steps without it.
         precision: `auto` (bf16 autocast on CUDA, fp32 on the CPU) or `fp32` everywhere.
         prompt_images: the pipeline SPT's prompt images go through: `eval`, or `train` (the training augmentation,
@@ -118,8 +119,9 @@ def _parse(key: str, value: Any) -> Any:
     return value.lower() in ("true", "1", "yes")
 
 
-def init_head(head: nn.Module, name: str) -> None:
-    """Draw the weights of every linear layer of `head` as `name` says, from torch's global RNG (seeded per run)."""
+def init_head(head: nn.Module, name: str) -> nn.Module:
+    """Draw the weights of every linear layer of `head` as `name` says, from torch's global RNG (seeded per run); the
+    head to train: `head`, or for `bn-` a BatchNorm without affine parameters before it."""
     for layer in (m for m in head.modules() if isinstance(m, nn.Linear)):
         if name == "kaiming-fan-out":
             nn.init.kaiming_normal_(layer.weight, a=0, mode="fan_out")
@@ -129,3 +131,7 @@ def init_head(head: nn.Module, name: str) -> None:
         else:
             nn.init.trunc_normal_(layer.weight, std=float(name.rsplit("-", 1)[1]))
             nn.init.zeros_(layer.bias)
+    if name.startswith("bn-"):
+        features = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+        return nn.Sequential(nn.BatchNorm1d(features, affine=False, eps=1e-6), head)
+    return head

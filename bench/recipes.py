@@ -6,10 +6,11 @@ the `tune` protocol searches on val, the final stage's seeds, and the pipeline a
 normalisation, image pipelines, head init, `drop_last`, precision, prompt images). Each value names the file it
 comes from, so a reader can check it.
 
-Every table of a recipe is keyed by scope: `<family>/<objective>` (`fgvc/mocov3`), a task family (`fgvc`, `vtab`,
-`micro`), an objective (`mae`, `mocov3`, `supervised`, `none`) or `*`; the first key that matches, in that order,
-gives the values. The paper recipes define their pipeline for the families their papers ran (FGVC and VTAB-1k); the
-micro suite keeps the harness's own pipeline, on which its committed study ran.
+Every table of a recipe is keyed by scope: a task (`cifar100`: SSF's scripts set lr per task),
+`<family>/<objective>` (`fgvc/mocov3`), a task family (`fgvc`, `vtab`, `micro`), an objective (`mae`, `mocov3`,
+`supervised`, `none`) or `*`; the first key that matches, in that order, gives the values. The paper recipes define
+their pipeline for the families their papers ran (FGVC and VTAB-1k); the micro suite keeps the harness's own
+pipeline, on which its committed study ran.
 
 Resolution, lowest to highest priority: the method's config defaults, the recipe's values for the backbone's
 objective, the recipe's values for the method (`method_values`: VPT-deep's prompt dropout, each method's learning rate
@@ -77,24 +78,24 @@ class Recipe:
     def applies_to(self, method: str) -> bool:
         return any(fnmatch.fnmatchcase(method, pattern) for pattern in self.methods)
 
-    def values_for(self, objective: str, family: str = "", method: str = "") -> dict[str, Any]:
+    def values_for(self, objective: str, family: str = "", method: str = "", task: str = "") -> dict[str, Any]:
         """The scope's values, with those of the first `method_values` glob that matches `method` on top."""
-        values = _scoped(self.values, family, objective)
+        values = _scoped(self.values, family, objective, task)
         for pattern, table in self.method_values.items():
             if fnmatch.fnmatchcase(method, pattern):
-                return {**values, **_scoped(table, family, objective)}
+                return {**values, **_scoped(table, family, objective, task)}
         return values
 
-    def search_for(self, objective: str, family: str = "") -> dict[str, list[Any]]:
-        return _scoped(self.search, family, objective)
+    def search_for(self, objective: str, family: str = "", task: str = "") -> dict[str, list[Any]]:
+        return _scoped(self.search, family, objective, task)
 
-    def protocol_for(self, objective: str, family: str) -> dict[str, Any]:
-        return _scoped(self.protocol, family, objective)
+    def protocol_for(self, objective: str, family: str, task: str = "") -> dict[str, Any]:
+        return _scoped(self.protocol, family, objective, task)
 
 
-def _scoped(table: dict[str, dict[str, Any]], family: str, objective: str) -> dict[str, Any]:
-    """The values of the first scope of `table` that matches: family/objective, family, objective, `*`."""
-    for scope in (f"{family}/{objective}", family, objective, "*"):
+def _scoped(table: dict[str, dict[str, Any]], family: str, objective: str, task: str = "") -> dict[str, Any]:
+    """The values of the first scope of `table` that matches: task, family/objective, family, objective, `*`."""
+    for scope in (task, f"{family}/{objective}", family, objective, "*"):
         if scope in table:
             return dict(table[scope])
     return {}
@@ -250,6 +251,213 @@ RECIPES.register(
     "the VPT reference's recipe (SGD, lr x weight-decay grid on val with lr scaled by batch/256)",
 )
 
+_SSF = "dongzelian/SSF"
+# SSF's per-task scripts, train_scripts/vit/<folder>/train_ssf.sh: bench task -> (folder, --lr on L6, --weight-decay on
+# L4, --drop-path on L7). One value per task: the reference searched nothing it published.
+_SSF_TASKS = {
+    "caltech101": ("vtab/caltech101", 1e-3, 5e-2, 0.1),
+    "cifar100": ("vtab/cifar_100", 5e-3, 5e-5, 0.0),
+    "clevr-count": ("vtab/clevr_count", 2e-3, 5e-2, 0.1),
+    "clevr-dist": ("vtab/clevr_dist", 5e-2, 5e-2, 0.1),
+    "retinopathy": ("vtab/diabetic_retinopathy", 5e-3, 5e-5, 0.2),
+    "dmlab": ("vtab/dmlab", 5e-3, 5e-5, 0.1),
+    "dsprites-loc": ("vtab/dsprites_loc", 1e-2, 5e-5, 0.0),
+    "dsprites-ori": ("vtab/dsprites_ori", 5e-3, 5e-5, 0.2),
+    "dtd": ("vtab/dtd", 5e-3, 5e-5, 0.0),
+    "eurosat": ("vtab/eurosat", 3e-3, 5e-2, 0.2),
+    "flowers102": ("vtab/flowers102", 5e-3, 5e-5, 0.0),
+    "kitti-dist": ("vtab/kitti", 1e-2, 5e-5, 0.0),
+    "camelyon": ("vtab/patch_camelyon", 5e-3, 5e-5, 0.0),
+    "pets": ("vtab/pets", 5e-3, 5e-5, 0.0),
+    "resisc45": ("vtab/resisc45", 2e-3, 5e-5, 0.1),
+    "smallnorb-azi": ("vtab/smallnorb_azi", 2e-2, 5e-5, 0.1),
+    "smallnorb-ele": ("vtab/smallnorb_ele", 5e-3, 5e-2, 0.2),
+    "sun397": ("vtab/sun397", 5e-3, 5e-5, 0.0),
+    "svhn": ("vtab/svhn", 1e-2, 5e-5, 0.0),
+    "cub": ("fgvc/cub_2011", 1e-2, 5e-2, 0.0),
+    "nabirds": ("fgvc/nabirds", 2e-4, 5e-2, 0.1),
+    "flowers": ("fgvc/oxford_flowers", 1e-2, 5e-2, 0.1),
+    "cars": ("fgvc/stanford_cars", 2e-2, 5e-2, 0.0),
+    "dogs": ("fgvc/stanford_dogs", 2.5e-4, 5e-2, 0.0),
+}
+# Elsewhere (micro, and any task SSF did not run): the modal VTAB value, 5e-3 with wd 5e-5 on 10 of 19 tasks.
+_SSF_COMMON = dict(optimizer="adamw", lr=5e-3, min_lr=1e-8, weight_decay=5e-5, head_weight_decay=None,
+                   batch_size=64, lr_step="epoch", drop_path=0.0, warmup_lr=1e-7, warmup_prefix=False)
+# SSF's scripts train 10 epochs at min_lr after their 100 (timm's --cooldown-epochs default); on the tasks they ran.
+_SSF_SCRIPT = {**_SSF_COMMON, "cooldown_epochs": 10}
+
+
+def _bracket(lr: float) -> list[float]:
+    """The reference's lr and a factor of 2 either side: the `tune` grid of a recipe whose reference fixed lr."""
+    return [2 * lr, lr, lr / 2]
+
+
+RECIPES.register(
+    "ssf-paper",
+    Recipe(
+        methods=("ssf",),
+        values={"*": _SSF_COMMON, **{task: {**_SSF_SCRIPT, "lr": lr, "weight_decay": wd, "drop_path": dp}
+                                     for task, (_, lr, wd, dp) in _SSF_TASKS.items()}},
+        search={"*": {"lr": _bracket(_SSF_COMMON["lr"])},
+                **{task: {"lr": _bracket(lr)} for task, (_, lr, _, _) in _SSF_TASKS.items()}},
+        protocol={"fgvc": {"drop_last": True}, "vtab": {"drop_last": True}},
+        final_seeds=(42,),
+        warmup_fraction=0.1,
+        sources={
+            "lr, weight_decay, drop_path (per task)": f"{_SSF} train_scripts/vit/<folder>/train_ssf.sh: --weight-decay "
+                "L4, --lr L6, --drop-path L7; folders: " + ", ".join(f"{task}={folder}"
+                                                                    for task, (folder, *_) in _SSF_TASKS.items()),
+            "optimizer, min_lr, warm-up": f"{_SSF} train_ssf.sh L4 --opt adamw, L5 --warmup-lr 1e-7 --warmup-epochs "
+                                          "10, L6 --min-lr 1e-8, L3 --epochs 100",
+            "warmup_prefix, cooldown_epochs": f"{_SSF} train.py:522 timm 0.6.5 create_scheduler: "
+                "CosineLRScheduler(t_initial=epochs, warmup_prefix=False), the warm-up inside the cosine "
+                "(scheduler/cosine_lr.py:72-77); train.py:202 --cooldown-epochs 10: 110 epochs trained, the last 10 "
+                "at min_lr (log/cifar100.csv has 110 rows)",
+            "batch_size": f"{_SSF} train_ssf.sh L1 --nproc_per_node=2, L3 --batch-size 32 per process "
+                          "(data/loader.py:235 DistributedSampler): 64 images per step",
+            "drop_last": f"{_SSF} data/loader.py:257 drop_last=is_training",
+            "lr_step": f"{_SSF} train.py:709 lr_scheduler.step(epoch + 1, ...): once per epoch",
+            "weight decay reaches the head only": f"{_SSF} optim_factory.py:39-58 skips 1-D tensors (γ, β), as "
+                                                  "bench's parameter groups do",
+            "search": "none in the reference (one value per task); the tune grid brackets each task's lr by a "
+                      "factor of 2 (x2, x1, x0.5)",
+            "final_seeds": f"{_SSF} train.py:294 --seed default 42, one run",
+            "backbone": f"{_SSF} train_ssf.sh L2 --model vit_base_patch16_224_in21k, its AugReg weights "
+                        "(models/vision_transformer.py:121-122): run with --backbone sup21k-augreg-vit-b16",
+            "normalisation": f"{_SSF} models/vision_transformer.py:52 the weights' own 0.5 mean/std "
+                             "(normalisation=weights)",
+            "transforms (vtab)": f"{_SSF} train_ssf.sh L2 --no-aug --direct-resize: the 224x224 bicubic squash of "
+                                 "the VTAB family's own pipeline",
+            "precision": f"{_SSF} train_ssf.sh L10 --amp: train.py:384-393, 480-481 fp16 autocast with NativeScaler",
+        },
+        departures=(
+            "backbone: the recipe does not choose it; SSF's numbers are AugReg in21k: pass --backbone "
+            "sup21k-augreg-vit-b16",
+            "cool-down: 10 epochs whatever --epochs says (SSF's 100 + 10); --set cooldown_epochs=0 drops them",
+            "precision: fp16 autocast with loss scaling in the reference; bench trains bf16 autocast on CUDA, "
+            "fp32 on the CPU (precision=auto)",
+            "FGVC: no model EMA (train_ssf.sh L8 --model-ema-decay 0.9998, 0.999 on Flowers), no mixup 0.8 / "
+            "cutmix 1.0 / label smoothing 0.1 / random erasing 0.25 (timm defaults the FGVC scripts keep), "
+            "train crop RandomResizedCrop with bicubic, not random, interpolation, eval Resize(256), not 248",
+            "selection: SSF reports the best test epoch (train.py:718-724); bench tunes on val and reports the "
+            "last epoch",
+            "the micro suite keeps the harness's own pipeline and SSF's modal values (lr 5e-3, wd 5e-5)",
+        ),
+    ),
+    "the SSF reference's per-task scripts (AdamW, lr/wd/drop-path per task, batch 64, 10% warm-up per epoch)",
+)
+
+_NOAH = "ZhangYuanhan-AI/NOAH"
+_NOAH_LR = 1e-3
+
+RECIPES.register(
+    "noah",
+    Recipe(
+        methods=("lora",),
+        values={"*": dict(optimizer="adamw", lr=_NOAH_LR, min_lr=1e-5, weight_decay=1e-4, head_weight_decay=None,
+                          batch_size=64, lr_step="epoch", drop_path=0.1, warmup_lr=1e-6, warmup_prefix=False,
+                          rank=8, alpha=8.0, targets="qkv", dropout=0.1, init="noah")},
+        search={"*": {"lr": _bracket(_NOAH_LR)}},
+        protocol={"vtab": dict(normalisation="imagenet", drop_last=True, precision="fp32")},
+        final_seeds=(0,),
+        warmup_fraction=0.1,
+        sources={
+            "lr, weight_decay, batch_size, epochs": f"{_NOAH} configs/LoRA/VTAB/slurm_train_lora_vtab.sh:12 "
+                "WEIGHT_DECAY=0.0001, :21 LR 0.001, :36 --batch-size=64 --epochs=100",
+            "optimizer": f"{_NOAH} supernet_train_prompt.py:74 --opt adamw, :365 timm create_optimizer (1-D "
+                         "tensors undecayed)",
+            "min_lr, warm-up, warmup_lr": f"{_NOAH} supernet_train_prompt.py:98 --warmup-lr 1e-6, :100 --min-lr "
+                                          "1e-5, :107 --warmup-epochs 10",
+            "warmup_prefix": f"{_NOAH} supernet_train_prompt.py:367 timm 0.5.4 create_scheduler: "
+                             "CosineLRScheduler(warmup_prefix=False), the warm-up inside the cosine",
+            "cooldown_epochs": f"{_NOAH} supernet_train_prompt.py:400 trains range(start_epoch, epochs): the "
+                               "scheduler's 10 cool-down epochs never run",
+            "lr_step": f"{_NOAH} supernet_train_prompt.py:414 lr_scheduler.step(epoch) once per epoch",
+            "drop_path": f"{_NOAH} supernet_train_prompt.py:59 --drop-path 0.1 (the scripts keep the default)",
+            "rank, targets, alpha": f"{_NOAH} experiments/LoRA/ViT-B_prompt_lora_8.yaml: LORA_DIM 8 in all 12 "
+                                    "blocks; model/supernet_vision_transformer_timm.py:277-281: B·A added to the "
+                                    "fused qkv, unscaled (alpha = rank)",
+            "dropout": f"{_NOAH} supernet_train_prompt.py:207 --drop_rate_LoRA 0.1 on A's input (L242, L278)",
+            "init": f"{_NOAH} model/supernet_vision_transformer_timm.py:225-228 kaiming A (fan-in 768, peft's "
+                    "bound) and zero B, both redrawn by init_weights (L462, L531, L686): trunc_normal_(std=.02)",
+            "drop_last": f"{_NOAH} supernet_train_prompt.py:275-280 drop_last=True",
+            "normalisation, transforms (vtab)": f"{_NOAH} lib/datasets.py:227-241 --direct_resize: "
+                                                "Resize((224, 224), bicubic), ImageNet mean/std",
+            "head_init": f"{_NOAH} model/supernet_vision_transformer_timm.py:551-555 reset_classifier: "
+                         "trunc_normal_(std=.02), zero bias",
+            "precision": f"{_NOAH} supernet_train_prompt.py:188-190 --amp off by default; the scripts do not pass it",
+            "final_seeds": f"{_NOAH} supernet_train_prompt.py:170 --seed 0, one run",
+            "backbone": f"{_NOAH} README.md:67 the original in21k ViT-B_16.npz: --backbone sup21k-vit-b16",
+            "search": "none in the reference (slurm_train_lora_vtab.sh:21 one LR); the tune grid brackets it by a "
+                      "factor of 2",
+        },
+        departures=(
+            "schedule: NOAH's lr_scheduler.step(epoch) after epoch e (supernet_train_prompt.py:414) sets epoch "
+            "e+1 to the value of epoch e, so it trains one epoch behind timm's schedule; bench does not lag",
+            "NOAH's Adapter baseline is not covered: bench has no sequential (Houlsby-style, QuickGELU) adapter",
+            "selection: NOAH prints the max test accuracy over epochs (supernet_train_prompt.py:428-431); bench "
+            "tunes on val and reports the last epoch",
+            "NOAH ran VTAB-1k only: FGVC and the micro suite keep the harness's pipeline",
+        ),
+    ),
+    "NOAH's LoRA baseline for VTAB-1k (AdamW lr 1e-3, wd 1e-4, batch 64, drop-path 0.1, A and B ~ N(0, 0.02²))",
+)
+
+_AF = "ShoufaChen/AdaptFormer"
+# AdaptFormer scales a base lr by the effective batch (main_image.py:253, lr = blr x batch / 256): 0.4 at its
+# 8 x 128 images. A batch of 1024 would not fill one step of VTAB-1k's 800 training images, so the recipe trains
+# the per-GPU 128 at the lr the same rule gives.
+_AF_BATCH = 128
+_AF_LR = 0.1 * _AF_BATCH / 256
+_AF_PIPELINE = dict(head_init="bn-trunc-normal-0.01", drop_last=True)
+
+RECIPES.register(
+    "adaptformer-paper",
+    Recipe(
+        methods=("adaptformer",),
+        values={"*": dict(optimizer="sgd", lr=_AF_LR, min_lr=0.0, weight_decay=0.0, head_weight_decay=None,
+                          batch_size=_AF_BATCH, lr_step="batch", drop_path=0.0, bottleneck=64, scale=0.1,
+                          adapter_input="residual", dropout=0.1)},
+        search={"*": {"lr": _bracket(_AF_LR)}},
+        protocol={"fgvc": _AF_PIPELINE, "vtab": _AF_PIPELINE},
+        final_seeds=(0,),
+        warmup_fraction=0.2,
+        sources={
+            "optimizer, weight_decay": f"{_AF} main_image.py:266 SGD momentum 0.9; :47 --weight_decay 0",
+            "lr, batch_size": f"{_AF} main_image.py:253 lr = blr x eff_batch / 256; README.md image command "
+                              "--blr 0.1, --batch_size 128 on 8 GPUs (0.4 at 1024); here 128 and 0.05",
+            "epochs, warm-up, min_lr": f"{_AF} main_image.py:38 --epochs 100, :58 --warmup_epochs 20, :55 --min_lr 0",
+            "lr_step": f"{_AF} engine_finetune.py:50 adjust_learning_rate per iteration; util/lr_sched.py:9-15 "
+                       "linear warm-up from 0, half cosine",
+            "drop_path": f"{_AF} README.md image command --drop_path 0.0",
+            "bottleneck, scale": f"{_AF} main_image.py:184-195 tuning_config: ffn_num 64, scalar 0.1, 'lora' init",
+            "adapter_input": f"{_AF} models/custom_modules.py:77-79 the adapter reads x before norm2",
+            "dropout": f"{_AF} models/custom_modules.py:70 Adapter(dropout=0.1); models/adapter.py:57 after ReLU",
+            "head_init": f"{_AF} main_image.py:227 trunc_normal_(head.weight, std=0.01), :231 "
+                         "BatchNorm1d(affine=False, eps=1e-6) before it",
+            "drop_last": f"{_AF} main_image.py:172 drop_last=True",
+            "final_seeds": f"{_AF} main_image.py:81 --seed 0",
+            "search": "none in the reference; the tune grid brackets lr by a factor of 2",
+        },
+        departures=(
+            "no VTAB-1k or FGVC protocol in the reference (full CIFAR-100, SVHN, Food-101, Flowers): the recipe "
+            "applies its code's values to them, with each family's own image pipeline",
+            "batch 128 at lr 0.05 (the code's blr x batch / 256 rule), not 1024 at 0.4",
+            "pooling follows the backbone (MAE: mean after the class token, then norm); the image command passes "
+            "--cls_token (norm, then the class token)",
+            "precision: fp16 autocast (engine_finetune.py:58) in the reference; bench trains bf16 autocast on CUDA, "
+            "fp32 on the CPU (precision=auto)",
+            "the adapter is added to the MLP's output before drop-path, the reference after it; equal at the "
+            "recipe's drop-path 0",
+            "selection: the reference reports max test accuracy over epochs (main_image.py:301); bench tunes on "
+            "val and reports the last epoch",
+            "the micro suite keeps the harness's own pipeline",
+        ),
+    ),
+    "the AdaptFormer reference's code (SGD, lr blr x batch / 256, no wd, 20% warm-up, BN head, adapter on the "
+    "residual with dropout 0.1)",
+)
+
 
 # `shared`: one protocol for every method, so that what differs between two rows is the methods. Each method's lr is
 # its own reference value under AdamW, from the table below (a method not in it keeps its config default), and every
@@ -345,7 +553,7 @@ def search_grid(method: str, backbone: str, recipe: str | None, task: str) -> di
     if recipe is None:
         return dict(METHODS.get(method).search)
     chosen = RECIPES.get(recipe)
-    search = chosen.search_for(backbone_entry(backbone).objective, task_family(task))
+    search = chosen.search_for(backbone_entry(backbone).objective, task_family(task), task)
     if not chosen.lr_factors:
         return search
     centre = resolve_hparams(method, task, backbone, recipe, {})["lr"]
@@ -368,7 +576,7 @@ def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
     warmup_fraction = None
     if recipe is not None:
         chosen = RECIPES.get(recipe)
-        values = chosen.values_for(backbone_entry(backbone).objective, task_family(task), method)
+        values = chosen.values_for(backbone_entry(backbone).objective, task_family(task), method, task)
         warmup_fraction = chosen.warmup_fraction
     overrides = {k: v for k, v in overrides.items() if k not in protocol.FIELDS}
     config_cls = METHODS.get(method).config_cls
@@ -384,7 +592,7 @@ def resolve_hparams(method: str, task: str, backbone: str, recipe: str | None,
 def resolve_protocol(task: str, backbone: str, recipe: str | None, overrides: dict[str, Any]) -> Protocol:
     """The pipeline for `task` on `backbone` under `recipe`, with the protocol values of `overrides` on top."""
     entry = backbone_entry(backbone)
-    values = RECIPES.get(recipe).protocol_for(entry.objective, task_family(task)) if recipe is not None else {}
+    values = RECIPES.get(recipe).protocol_for(entry.objective, task_family(task), task) if recipe is not None else {}
     pipeline = Protocol.from_values({**values, **{k: v for k, v in overrides.items() if k in protocol.FIELDS}})
     if pipeline.pool_norm == "fresh" and entry.pooling != "avg":
         raise BenchError(f"pool_norm=fresh replaces the norm of a mean-pooled backbone (MAE); {backbone} pools its "

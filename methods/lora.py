@@ -6,13 +6,22 @@ model starts as the backbone. DoRA splits W + B·A into a learnable per-output-c
 norms of W) and a direction, so it also starts as the backbone, up to rounding. Default target: the fused `qkv`
 projection of every block (timm fuses q, k and v; the LoRA paper adapts W_q and W_v, Section 7.1, which a fused
 layer cannot single out); `targets=qkv,fc1,fc2` adds the MLP.
+
+`init=noah` starts LoRA as NOAH's baseline does (ZhangYuanhan-AI/NOAH, the LoRA row VTAB tables copy): its
+`model/supernet_vision_transformer_timm.py:225-228` draws A with `kaiming_uniform_(a=√5)` on an `nn.Linear(768, 8)`,
+whose weight is (8, 768), fan-in 768: peft's draw, bound 1/√768 ≈ 0.036 (not 1/√8 ≈ 0.35). But the model's
+`init_weights` (L462 → L531 `self.apply(_init_vit_weights)`, L686) then redraws every non-head `nn.Linear`, A and
+B alike, from `trunc_normal_(std=.02)`: NOAH's LoRA trains from A, B ~ N(0, 0.02²), so B·A ≠ 0 at the start.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from bench.config import _check
+import torch
+from torch import nn
+
+from bench.config import ADDED_LATER, _check
 from bench.method import Adapted, BuildContext, StartsAsBackbone, register_method
 from bench.methods._peft import LowRankConfig, block_layers_regex, build_with_peft, parse_targets
 
@@ -24,18 +33,30 @@ class LoRAConfig(LowRankConfig):
 
     Attributes:
         dropout: dropout on the input of A.
+        init: `peft` (A kaiming-uniform, B = 0) or `noah` (A and B truncated normal, std 0.02, as NOAH's baseline
+            trains them; see the module docstring).
     """
 
     dropout: float = 0.0
+    init: str = field(default="peft", metadata=ADDED_LATER)
 
     def validate(self) -> None:
         super().validate()
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "a float in [0, 1)")
+        _check(self.init in INITS, "init", self.init, " | ".join(INITS))
+
+
+INITS = ("peft", "noah")
 
 
 @dataclass(frozen=True)
 class DoRAConfig(LoRAConfig):
-    """DoRA's hyper-parameters: LoRA's; the magnitude vector is the only addition."""
+    """DoRA's hyper-parameters: LoRA's; the magnitude vector is the only addition. Its init is peft's: the
+    magnitude starts at the norms of W, which a non-zero B·A would no longer match."""
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.init == "peft", "init", self.init, "peft (noah is NOAH's LoRA init)")
 
 
 # Rank and learning rate are what LoRA users tune; alpha stays at the first rank's value (the paper's practice).
@@ -50,11 +71,26 @@ def _build(config: LoRAConfig, ctx: BuildContext, dora: bool) -> Adapted:
     names = parse_targets(config.targets)
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                              target_modules=block_layers_regex(names), use_dora=dora)
-    return build_with_peft(peft_config, ctx, {"targets": names})
+    adapted = build_with_peft(peft_config, ctx, {"targets": names})
+    if config.init == "noah":
+        noah_init(ctx.backbone.model)
+    return adapted
+
+
+def noah_init(vit: nn.Module) -> None:
+    """Redraw every LoRA factor as NOAH's `_init_vit_weights` leaves it: truncated normal, std 0.02 (cut at ±2,
+    timm's `trunc_normal_`), from torch's global RNG as NOAH (and peft) draw."""
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for layer in (m for m in vit.modules() if isinstance(m, LoraLayer)):
+            for factor in (*layer.lora_A.values(), *layer.lora_B.values()):
+                nn.init.trunc_normal_(factor.weight, std=0.02)
 
 
 @register_method("lora", LoRAConfig, "LoRA via peft: low-rank B·A beside qkv (B = 0 at init); targets=qkv,fc1,fc2 "
-                 "adds the MLP", SEARCH, starts_as_backbone=StartsAsBackbone({}, "B starts at zero"))
+                 "adds the MLP; init=noah starts as NOAH's baseline", SEARCH,
+                 starts_as_backbone=StartsAsBackbone({}, "B starts at zero"))
 def build_lora(config: LoRAConfig, ctx: BuildContext) -> Adapted:
     return _build(config, ctx, dora=False)
 
