@@ -210,7 +210,10 @@ def test_bench_list_recipes_shows_each_recipes_values_per_objective_and_their_so
     for entry, (title, objectives) in zip(recipes, tables.items()):
         assert title.startswith(f"{entry.name}: applies to {', '.join(entry.obj.methods)}; ")
         recipe = entry.obj
-        assert objectives == list(dict.fromkeys([*recipe.values, *recipe.search, *recipe.protocol]))
+        per_method = [f"{method} on {scope}" for method, scopes in recipe.method_values.items() for scope in scopes]
+        lr_rule = ["*"] if recipe.lr_factors else []  # the shared protocol's lr grid, one rule for every method
+        assert objectives == list(dict.fromkeys([*recipe.values, *recipe.search, *recipe.protocol])) + per_method \
+            + lr_rule
         assert set(recipe.values) <= set(objectives)
         for what, source in entry.obj.sources.items():
             assert f"{what}: {source}" in re.sub(r"\s+", " ", out)
