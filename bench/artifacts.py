@@ -18,6 +18,7 @@ what is wrong and how to get it back.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
+from safetensors.torch import load as load_torch
+from safetensors.torch import save as save_torch
 
 from bench import BenchError
 from bench.atomic import replacing
@@ -210,3 +214,93 @@ def load_predictions(results: Path, run_id: str) -> Predictions:
         raise ArtifactError(f"run {run_id}: {Path(results) / relative_path(run_id, PREDICTIONS)} does not hold "
                             f"predictions ({problem}); {REGENERATE}")
     return Predictions(**{name: tensors.get(name) for name in _DTYPES})
+
+
+# What of the record's backbone names the weights a run's frozen parameters came from.
+BACKBONE_IDENTITY = ("name", "timm_arch", "variant", "objective", "weights_source", "checkpoint_sha256", "num_params")
+
+
+def metadata(record: RunRecord) -> dict[str, str]:
+    """The header every artifact of `record`'s run carries: which run, method, config and backbone it belongs to."""
+    spec = record.spec
+    backbone = {key: (record.backbone or {}).get(key) for key in BACKBONE_IDENTITY}
+    return {"run_id": record.id, "method": spec.method, "task": spec.task, "stage": spec.stage,
+            "config": json.dumps(spec.hparams, sort_keys=True), "protocol": json.dumps(spec.protocol, sort_keys=True),
+            "backbone": json.dumps(backbone, sort_keys=True), "weights": spec.weights or ""}
+
+
+def keep(results: Path, record: RunRecord, learned: dict[str, torch.Tensor], initial: dict[str, torch.Tensor],
+         predictions: Predictions | None, whole_backbone: bool, save_full: bool = False) -> RunRecord:
+    """Write a finished run's artifacts under `results/artifacts/<id>/` and return its record naming them.
+
+    `learned` is written unless it is a whole backbone (`whole_backbone`) and `save_full` is not set; `initial` when
+    the method constructed anything; `predictions` when the run read test. Files of an earlier run of the same id
+    that this one does not write are removed, so the folder holds what the record names.
+    """
+    header = metadata(record)
+    folder = run_folder(results, record.id)
+    files: dict[str, ArtifactFile] = {}
+
+    def put(name: str, data: bytes) -> None:
+        sha, size = write_bytes(folder / f"{name}.safetensors", data, f"the {name} artifact of run {record.id}")
+        files[name] = artifact_file(record.id, name, sha, size)
+
+    if learned and (save_full or not whole_backbone):
+        put(LEARNED, save_torch(learned, header))
+    if initial:
+        put(INIT, save_torch(initial, header))
+    if predictions is not None:
+        path = folder / f"{PREDICTIONS}.safetensors"
+        files[PREDICTIONS] = artifact_file(record.id, PREDICTIONS, save_predictions(path, predictions, header),
+                                           path.stat().st_size)
+    for stale in folder.glob("*.safetensors") if folder.is_dir() else []:
+        if stale.stem not in files:
+            stale.unlink()
+    return dataclasses.replace(record, artifacts=files)
+
+
+def load_tensors(results: Path, record: RunRecord, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Artifact `name` of `record`'s run as tensors (on the CPU), with its header's metadata; checked as
+    `read_artifact` checks."""
+    why = ""
+    if name == LEARNED and record.params is not None and record.params.learnable_without_head >= record.params.backbone:
+        why = " (it learned the whole backbone, which a run keeps only with `bench run --save-full`)"
+    data, header = read_artifact(results, record, name, why)
+    try:
+        return load_torch(data), header
+    except SafetensorError as exc:
+        raise ArtifactError(f"run {record.id}: {Path(results) / relative_path(record.id, name)} does not hold "
+                            f"tensors ({exc}); {REGENERATE}") from None
+
+
+def missing(results: Path, record: RunRecord) -> str | None:
+    """Why a finished run's artifacts need regenerating (`bench run --retry-artifacts`), or None when every file its
+    record names is there, whole."""
+    if record.artifacts is None:
+        return "recorded before runs kept artifacts"
+    for name, entry in record.artifacts.items():
+        path = Path(results) / entry.path
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            return f"{name} corrupt"
+    return None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def disk_bytes(record: RunRecord) -> int:
+    """Bytes the run's artifacts take on disk, as its record names them."""
+    return sum(entry.bytes for entry in (record.artifacts or {}).values())
+
+
+def human_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024**2 else f"{size / 1024**2:.1f} MiB"
