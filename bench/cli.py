@@ -176,6 +176,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
     r = rescore(args.results, args.run_id, args.split, args.data_root, resolve_device(args.device), warn_stderr)
     changed = "" if r.changed is None else f", {r.changed} of {r.images} test predictions differ from the saved ones"
+    if r.recorded_on is not None and r.recorded_on.split(":")[0] != r.scored_on.split(":")[0]:
+        changed += f" (the run ran on {r.recorded_on}, this on {r.scored_on}: pass --device to score where it ran)"
     if r.recorded is None:
         console.print(f"{args.run_id} {r.split}: {r.accuracy:.2f}% over {r.images} images; its record holds no "
                       f"{r.split} accuracy to compare with{changed}", highlight=False)

@@ -96,13 +96,16 @@ def _check_backbone(record: RunRecord, backbone: Backbone) -> None:
 @dataclass(frozen=True)
 class Rescored:
     """A run scored again. `recorded`: the accuracy its record holds for the split (None when it has none);
-    `changed`: test predictions that differ from the saved ones (None without saved predictions)."""
+    `changed`: test predictions that differ from the saved ones (None without saved predictions); `recorded_on`,
+    `scored_on`: the torch devices of the run and of this scoring."""
 
     split: str
     accuracy: float
     recorded: float | None
     images: int
     changed: int | None
+    recorded_on: str | None
+    scored_on: str
 
     @property
     def tolerance(self) -> float:
@@ -154,7 +157,8 @@ def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | N
         except ArtifactError as exc:
             warn(str(exc))
     recorded = record.test_acc if split == "test" else record.val_acc
-    return Rescored(split, accuracy, recorded, len(images), changed)
+    recorded_on = record.provenance.torch_device if record.provenance is not None else None
+    return Rescored(split, accuracy, recorded, len(images), changed, recorded_on, str(dev))
 
 
 def export_peft(results: Path, run_id: str, out: Path) -> list[Path]:

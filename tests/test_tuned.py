@@ -5,6 +5,7 @@ only when asked, and a damaged artifact is one line that says how to regenerate 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -12,14 +13,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load, load_file
+from safetensors.torch import load, load_file, save
 
 import bench
 from bench import BenchError
-from bench.artifacts import INIT, LEARNED, PREDICTIONS, ArtifactError, load_predictions, load_tensors, relative_path
-from bench.backbone import ViTFeatures, load_backbone
-from bench.data import TASKS
+from bench.artifacts import (
+    INIT, LEARNED, PREDICTIONS, ArtifactError, human_bytes, load_predictions, load_tensors, relative_path,
+)
+from bench.backbone import BACKBONES, ViTFeatures, load_backbone
+from bench.data import TASKS, Preprocess
+from bench.engine import learned_tensors
+from bench.method import METHODS, BuildContext
 from bench.recipes import make_spec
+from bench.registry import Entry
 from bench.scheduler import Execution, GridEvents, execute
 from bench.store import Store
 from bench.tuned import export_peft, rescore
@@ -195,3 +201,23 @@ def test_python_load_run_and_bench_eval_after_a_tiny_bench_run(tmp_path):
         lines = failed.stderr.strip().splitlines()
         assert failed.returncode == 2 and len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
         assert "corrupt" in lines[0] and "--retry-artifacts" in lines[0]
+
+
+@pytest.mark.parametrize("classes", [100, 200])
+def test_vpt_deep_on_vit_b16_learns_well_under_2_mb(classes, monkeypatch):
+    """ViT-B/16's real shapes (random weights): VPT-deep's 20 prompts before each of 12 blocks and a D→C head, in
+    float32, plus the file's header; the issue's budget is 2 MB (predictions apart)."""
+    entry = BACKBONES.entry("sup21k-augreg-vit-b16")
+    monkeypatch.setitem(BACKBONES._entries, entry.name, Entry(entry.name, dataclasses.replace(
+        entry.obj, hub_weights=False, weights_hint=""), entry.description))
+    vit_b = load_backbone(entry.name)
+    assert (len(vit_b.model.blocks), vit_b.model.embed_dim, vit_b.model.patch_embed.patch_size) == (12, 768, (16, 16))
+    method = METHODS.get("vpt-deep")
+    ctx = BuildContext(vit_b, classes, None, Preprocess(224, (0.5,) * 3, (0.5,) * 3), torch.Generator(),
+                       torch.device("cpu"))
+    learned = learned_tensors(method.build(method.config_cls(), ctx))
+    size = len(save(learned, {"method": "vpt-deep"}))
+    tensors = 12 * 20 * 768 + 768 * classes + classes
+    assert sum(t.numel() for t in learned.values()) == tensors
+    assert 4 * tensors < size < 4 * tensors + 1024 and size < 1.5e6
+    print(f"vpt-deep on ViT-B/16, {classes} classes: {human_bytes(size)} ({size} bytes)")
