@@ -120,7 +120,20 @@ def save_predictions(path: Path, predictions: Predictions, metadata: dict[str, s
         if value.dtype != _DTYPES[name] or len(value) != n:
             raise ValueError(f"predictions.{name}: {value.dtype} of {len(value)} rows, expected {_DTYPES[name]} "
                              f"of {n}")
-    return write_bytes(path, save_numpy(tensors, metadata), "the predictions")[0]
+    return write_bytes(path, canonical(save_numpy(tensors, metadata)), "the predictions")[0]
+
+
+def canonical(data: bytes) -> bytes:
+    """Safetensors bytes with the header's keys in sorted order. safetensors writes the metadata in a hash map's
+    order, which changes from process to process; sorted, the same tensors and metadata give the same bytes, so
+    the same run gives the same sha256 wherever it executes."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + length]), separators=(",", ":"), sort_keys=True,
+                        ensure_ascii=False).encode()
+    if len(header) > length:  # not the compact JSON safetensors writes: leave it as it is
+        return data
+    # safetensors pads its header with spaces to the tensors' alignment; the same length keeps the data offsets.
+    return data[:8] + header.ljust(length, b" ") + data[8 + length:]
 
 
 def write_bytes(path: Path, data: bytes, what: str) -> tuple[str, int]:
@@ -246,9 +259,9 @@ def keep(results: Path, record: RunRecord, learned: dict[str, torch.Tensor], ini
         files[name] = artifact_file(record.id, name, sha, size)
 
     if learned and (save_full or not whole_backbone):
-        put(LEARNED, save_torch(learned, header))
+        put(LEARNED, canonical(save_torch(learned, header)))
     if initial:
-        put(INIT, save_torch(initial, header))
+        put(INIT, canonical(save_torch(initial, header)))
     if predictions is not None:
         path = folder / f"{PREDICTIONS}.safetensors"
         files[PREDICTIONS] = artifact_file(record.id, PREDICTIONS, save_predictions(path, predictions, header),

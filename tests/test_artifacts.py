@@ -9,10 +9,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from bench.artifacts import (
-    PREDICTIONS, ArtifactError, Predictions, artifact_file, load_predictions, relative_path, run_folder,
-    save_predictions,
+    PREDICTIONS, ArtifactError, Predictions, artifact_file, canonical, header_metadata, load_predictions,
+    relative_path, run_folder, save_predictions,
 )
 from bench.config import RunSpec
 from bench.record import RunRecord
@@ -111,3 +112,15 @@ def test_the_artifacts_section_round_trips_and_old_records_omit_it(tmp_path):
     assert set(stored["artifacts"][PREDICTIONS]) == {"path", "sha256", "bytes"}
     assert store.read(record.id) == record
     assert "artifacts" not in make_record(record.spec, 50.0).to_dict()
+
+
+def test_the_same_tensors_and_metadata_give_the_same_bytes_whatever_the_hash_order():
+    from safetensors.torch import load, save
+
+    tensors = {"head.weight": torch.ones(3, 2), "trunk.prompts": torch.zeros(2, 4, dtype=torch.float16)}
+    metadata = {f"key{i}": f"value {i}" for i in range(12)}
+    raw = {save(tensors, metadata) for _ in range(20)}
+    assert len(raw) > 1  # safetensors alone orders the metadata as a hash map does: not the same twice
+    (same,) = {canonical(data) for data in raw}
+    assert header_metadata(same) == metadata
+    assert all(torch.equal(load(same)[name], value) for name, value in tensors.items())
