@@ -1,5 +1,4 @@
-"""`bench`: run the grid, report on it, re-score and export tuned runs, check for regressions, measure performance,
-pre-train the micro backbone.
+"""`bench`: run the grid, report, re-score and export runs, check for regressions, measure performance, pre-train.
 
 Every error a user can cause ends as one line on stderr and exit status 2, never a traceback.
 """
