@@ -1,4 +1,4 @@
-"""`bench`: run the grid, report on it, check for regressions, measure performance, pre-train the micro backbone.
+"""`bench`: run the grid, report, re-score and export runs, check for regressions, measure performance, pre-train.
 
 Every error a user can cause ends as one line on stderr and exit status 2, never a traceback.
 """
@@ -99,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler address for --backend dask")
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is already done; run nothing")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    run.add_argument("--retry-artifacts", action="store_true",
+                     help="rerun finished runs whose artifacts are missing or corrupt (or that predate artifacts)")
+    run.add_argument("--save-full", action="store_true",
+                     help="keep the learned tensors of runs that learn the whole backbone (full fine-tuning); "
+                          "by default they keep only their predictions")
+
+    evaluate = sub.add_parser("eval", help="re-score a run's saved parameters and check the accuracy it reproduces")
+    evaluate.add_argument("run_id", metavar="RUN_ID", help="the run's id (`bench run --dry-run` lists them)")
+    evaluate.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
+    evaluate.add_argument("--split", choices=["test", "val"], default="test", help="split to score (default test)")
+    evaluate.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+    export = sub.add_parser("export", help="write a run's tuned parameters in another library's layout")
+    export.add_argument("run_id", metavar="RUN_ID", help="the run's id (`bench run --dry-run` lists them)")
+    export.add_argument("out", metavar="DIR", type=Path, help="new folder to write")
+    export.add_argument("--format", choices=["peft"], required=True,
+                        help="peft: `PeftModel.from_pretrained(vit, DIR)` loads it (peft-built methods only)")
+    export.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
 
     pretrain = sub.add_parser("pretrain", help="pre-train the micro backbone offline (masked autoencoder)")
     pretrain.add_argument("objective", choices=["mae"], help="pre-training objective")
@@ -151,6 +170,33 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--deep", action="store_true",
                        help="also print each task's content fingerprint (files' sha256, besides list, sizes, labels)")
     return parser
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from bench.store import warn_stderr
+    from bench.tuned import rescore
+
+    r = rescore(args.results, args.run_id, args.split, args.data_root, resolve_device(args.device), warn_stderr)
+    changed = "" if r.changed is None else f", {r.changed} of {r.images} test predictions differ from the saved ones"
+    if r.recorded_on is not None and r.recorded_on.split(":")[0] != r.scored_on.split(":")[0]:
+        changed += f" (the run ran on {r.recorded_on}, this on {r.scored_on}: pass --device to score where it ran)"
+    if r.recorded is None:
+        console.print(f"{args.run_id} {r.split}: {r.accuracy:.2f}% over {r.images} images; its record holds no "
+                      f"{r.split} accuracy to compare with{changed}", highlight=False)
+        return 0
+    verdict = "reproduced" if r.reproduced else "NOT reproduced"
+    console.print(f"{args.run_id} {r.split}: {r.accuracy:.2f}% now, {r.recorded:.2f}% recorded: {verdict} "
+                  f"(tolerance one image, {r.tolerance:.2f} points){changed}", highlight=False)
+    return 0 if r.reproduced else 1
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from bench.tuned import export_peft
+
+    written = export_peft(args.results, args.run_id, args.out)
+    console.print(f"wrote {', '.join(p.name for p in written)} to {args.out}; load with "
+                  f"PeftModel.from_pretrained(vit, {str(args.out)!r}) (see docs/artifacts.md)", highlight=False)
+    return 0
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -379,7 +425,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     ))
     store = Store(args.results)
     execution = Execution(
-        store, device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed
+        store, device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed,
+        args.retry_artifacts, args.save_full,
     )
     if args.dry_run:
         return _dry_run(plan, store, console)
@@ -390,9 +437,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"no stage-1 run of {' · '.join(map(str, group[:3]))} finished; nothing to select")
     outcomes = result.outcomes
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "busy", "failed")}
+    from bench.artifacts import FOLDER, human_bytes
+
+    kept = sum(o.artifact_bytes for o in outcomes)
     console.print(
         f"{counts['done']} run(s) done, {counts['skipped']} already finished, {counts['busy']} running elsewhere, "
-        f"{counts['failed']} failed; records in {store.runs}", highlight=False,
+        f"{counts['failed']} failed; records in {store.runs}"
+        + (f", artifacts in {store.root / FOLDER} ({human_bytes(kept)} written)" if kept else ""), highlight=False,
     )
     table = summarise(store.load(), {spec.run_id for spec in result.reported})
     if not table.empty:
@@ -406,20 +457,28 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _dry_run(plan: Plan, store: Store, console: Console) -> int:
+    from bench.artifacts import disk_bytes, human_bytes, missing
+
     table = Table(title="grid (dry run: nothing is executed)", title_justify="left")
     for column in ("stage", "method", "task", "backbone", "seed", "recipe", "hyper-parameters", "pipeline", "status",
-                   "id"):
+                   "artifacts", "id"):
         table.add_column(column)
+    kept = 0
     for spec in plan.known:
         record = store.read(spec.run_id)
         status = record.status if record else "pending"
+        files = ""
+        if record is not None and record.done:
+            # What --retry-artifacts would regenerate, or what the run's files take on disk.
+            files = missing(store.root, record) or human_bytes(disk_bytes(record))
+            kept += disk_bytes(record)
         # Every resolved value: the hyper-parameters, and the pipeline where it is not the harness's own.
         hparams = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
         pipeline = ", ".join(f"{k}={v}" for k, v in spec.protocol.items()) or "harness"
         table.add_row(spec.stage, spec.method, spec.task, spec.backbone, str(spec.seed), spec.recipe or "none",
-                      hparams, pipeline, status, spec.run_id)
+                      hparams, pipeline, status, files, spec.run_id)
     console.print(table)
-    line = f"{len(plan.known)} run(s)"
+    line = f"{len(plan.known)} run(s)" + (f"; their artifacts take {human_bytes(kept)}" if kept else "")
     if plan.tuning:
         line += (f"; after tuning, stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
                  f"({'--seeds' if plan.seeds is not None else 'the final seeds of each recipe'})")
@@ -479,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "pretrain": cmd_pretrain, "check": cmd_check,
-                   "report": cmd_report, "perf": cmd_perf}[args.command]
+                   "report": cmd_report, "perf": cmd_perf, "eval": cmd_eval, "export": cmd_export}[args.command]
         return command(args, console)
     except BenchError as exc:
         errors.print(f"bench: error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -1,5 +1,6 @@
 """Train and evaluate one run in four steps: `prepare` (task, backbone, the method's adaptation), `fit` (the epochs),
-`evaluate` (test, in the stages that may read it) and `record` (the JSON-ready record the store writes).
+`evaluate` (test, in the stages that may read it) and `record` (the JSON-ready record the store writes). Beside the
+record, a run returns its `Outputs`: what it learned and what it predicted on test, which `bench.artifacts` keeps.
 
 The engine trains whatever the method marked learnable. When the method says its trunk is frozen (the linear probe),
 features of the train and val splits are extracted once and only the head trains on them; test features are
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from bench import BenchError, recipes
+from bench.artifacts import Predictions
 from bench.backbone import Backbone, LoadedBackbones, fresh_pool_norm
 from bench.cache import TensorCache, cache_key
 from bench.config import RunSpec, TrainConfig
@@ -102,6 +104,8 @@ class Prepared:
         val_batches: () -> validation batches; None when the run does not score val (the final stage).
         probe_batch: the method's fixed probe images, preprocessed; None when the method measures nothing.
         data_path: what this run's splits read from the decode cache.
+        initial: the trunk's learnable tensors as the method constructed them from the data (see
+            `Adapted.constructed`), on the CPU; empty when it constructed nothing.
     """
 
     spec: RunSpec
@@ -124,12 +128,32 @@ class Prepared:
     probe_batch: torch.Tensor | None
     timers: dict[str, _Timer]
     data_path: DataPath
+    initial: dict[str, torch.Tensor]
 
 
 @dataclass
 class Fitted:
     curves: dict[str, list[Any]]
     epochs: int
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a run leaves besides its record, for `bench.artifacts` to write beside it.
+
+    Attributes:
+        learned: exactly what the run learned (`learned_tensors`), on the CPU.
+        initial: the trunk's learnable tensors as constructed from the data before training (SPT's prompts); empty
+            for methods that construct nothing.
+        predictions: per test image; None in the tune stage, which never reads test.
+        whole_backbone: the run learned every backbone parameter (full fine-tuning), so `learned` is a whole
+            backbone, kept only when asked (`--save-full`).
+    """
+
+    learned: dict[str, torch.Tensor]
+    initial: dict[str, torch.Tensor]
+    predictions: Predictions | None
+    whole_backbone: bool
 
 
 def run(
@@ -142,10 +166,29 @@ def run(
     data may live in different places on different machines. `caches` are shared with the other runs of a worker;
     without them the run computes everything itself.
     """
+    return run_with_outputs(spec, device, on_epoch, data_root, caches)[0]
+
+
+def run_with_outputs(
+    spec: RunSpec, device: str = "cpu", on_epoch: EpochCallback | None = None, data_root: Path | None = None,
+    caches: Caches | None = None,
+) -> tuple[RunRecord, Outputs]:
+    """`run`, with what the run learned and predicted (`Outputs`)."""
     prepared = prepare(spec, torch.device(device), data_root, caches if caches is not None else Caches())
     fitted = fit(prepared, on_epoch)
-    test_acc, test_seconds = evaluate(prepared)
-    return record(prepared, fitted, test_acc, test_seconds)
+    test_acc, test_seconds, predictions = evaluate(prepared)
+    done = record(prepared, fitted, test_acc, test_seconds)
+    whole_backbone = done.params.learnable_without_head >= done.params.backbone
+    return done, Outputs(learned_tensors(prepared.adapted), prepared.initial, predictions, whole_backbone)
+
+
+def learned_tensors(adapted: Adapted) -> dict[str, torch.Tensor]:
+    """Exactly what a run learned, by name in `nn.Sequential`-free form (`trunk.*`, `head.*`): the trunk's learnable
+    parameters and the head's whole state (its parameters and, for a probe's BatchNorm, its running statistics)."""
+    trunk = {name: p for name, p in adapted.trunk.named_parameters(prefix="trunk") if p.requires_grad}
+    head = adapted.head.state_dict(prefix="head.")
+    # Copies: safetensors refuses tensors that share storage, and the files must not alias the live model.
+    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in {**trunk, **head}.items()}
 
 
 def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Caches) -> Prepared:
@@ -183,6 +226,9 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     timers = {name: _Timer() for name in ("build", "feature_cache", "train", "eval", "test", "probe")}
     with timers["build"]:
         adapted = method.build(config, ctx)
+    # Taken before anything trains them, on the CPU: the artifact of what the method built from the data.
+    initial = {name: t.detach().to("cpu", copy=True) for name, t in adapted.trunk.named_parameters(prefix="trunk")
+               if t.requires_grad} if adapted.constructed else {}
     if pipeline.head_init != Protocol.head_init:
         # Drawn after the build, from the global RNG the build left: the default head's draws stay where they were.
         adapted = replace(adapted, head=init_head(adapted.head, pipeline.head_init))
@@ -217,7 +263,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
         val_batches = (lambda: data.val.batches(batch, device=dev)) if scores_val else None  # noqa: E731
     return Prepared(spec, config, pipeline, dev, task, data, train_split, backbone, backbone_info, preprocess, adapted,
                     _learnable(adapted), generator, model, prepare_batch, train_batches, val_batches, probe_batch,
-                    timers, data_path)
+                    timers, data_path, initial)
 
 
 def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
@@ -258,16 +304,24 @@ def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:
     return Fitted(curves, epochs)
 
 
-def evaluate(p: Prepared) -> tuple[float | None, float]:
-    """Test accuracy after training, and the seconds it took; (None, 0) in the tune stage, which never reads test."""
+def evaluate(p: Prepared) -> tuple[float | None, float, Predictions | None]:
+    """Test accuracy after training, the seconds it took, and the predictions per test image, all from the one test
+    pass; (None, 0, None) in the tune stage, which never reads test."""
     if p.spec.stage == "tune":
-        return None, 0.0
+        return None, 0.0, None
+    scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     with p.timers["test"]:
         # The frozen-trunk path trained on cached features; the test images go through trunk and head once.
         model = nn.Sequential(p.adapted.trunk, p.adapted.head) if p.adapted.trunk_frozen else p.model
         test_acc = _accuracy(model, p.data.test.batches(p.config.batch_size, device=p.device), p.preprocess, p.device,
-                             p.pipeline.precision)
-    return test_acc, p.timers["test"].seconds
+                             p.pipeline.precision, scored)
+    return test_acc, p.timers["test"].seconds, predictions_of(scored)
+
+
+def predictions_of(scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Predictions:
+    """`Predictions` from the (logits, predicted, labels) batches `_accuracy` kept."""
+    logits, predicted, labels = (torch.cat(part).cpu().numpy() for part in zip(*scored))
+    return Predictions.from_logits(logits, predicted, labels)
 
 
 def record(p: Prepared, fitted: Fitted, test_acc: float | None, test_seconds: float) -> RunRecord:
@@ -479,17 +533,24 @@ def _accuracy(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     dev: torch.device,
     precision: str = "auto",
+    scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
 ) -> float:
+    """Accuracy (%) of `model` on `batches`; with `scored`, each batch's (float32 logits, predicted classes, labels)
+    is appended to it, on the device, so predictions and accuracy come from the same pass."""
     model.eval()
     # Counted on the device and read once: a read per batch would stop the host from preparing the next batch
     # while the device computes this one.
     correct = torch.zeros((), dtype=torch.long, device=dev)
     count = 0
     for inputs, labels in batches:
+        labels = labels.to(dev, non_blocking=True)
         with mixed_precision(dev, precision):
-            predictions = model(prepare(inputs.to(dev, non_blocking=True))).argmax(dim=1)
-        correct += (predictions == labels.to(dev, non_blocking=True)).sum()
+            logits = model(prepare(inputs.to(dev, non_blocking=True)))
+            predictions = logits.argmax(dim=1)
+        correct += (predictions == labels).sum()
         count += len(labels)
+        if scored is not None:
+            scored.append((logits.float(), predictions, labels))
     return 100.0 * int(correct) / count
 
 

@@ -34,6 +34,8 @@ class Adapted:
         info: method-specific facts worth recording (prompt init, layers prompted, ...).
         probe: measurements the method wants recorded at init and after every epoch (SPT's prompt-patch NMI);
             None for methods with nothing to measure.
+        constructed: the trunk's learnable tensors were constructed from the training data (SPT's prompts), so the
+            engine keeps them as built, before training (the `init` artifact).
     """
 
     trunk: nn.Module
@@ -43,6 +45,7 @@ class Adapted:
     setup_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     probe: Probe | None = None
+    constructed: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class BuildContext:
     """What a builder may use: the backbone, the task's training split, a seeded generator and the device.
 
     Attributes:
+        train: None when the build only gives the structure that a run's saved tensors are loaded into
+            (`bench.load_run`): a method whose init reads the training data then skips it.
         centroids: where SPT's k-means init keeps its centroids (the worker's, shared by a sweep's runs); a build
             given none computes them afresh.
         pipeline: the run's pipeline values (SPT reads how to draw its prompt images and its shallow init).
@@ -71,7 +76,7 @@ class BuildContext:
 
     backbone: Backbone
     num_classes: int
-    train: Split
+    train: Split | None
     preprocess: Preprocess
     generator: torch.Generator
     device: torch.device

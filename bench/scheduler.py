@@ -24,10 +24,10 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 from joblib import Parallel, delayed, parallel_config
 
-from bench import BenchError, recipes
+from bench import BenchError, artifacts, recipes
 from bench.atomic import WriteFailed
 from bench.config import RunSpec
-from bench.engine import Caches, run
+from bench.engine import Caches, run_with_outputs
 from bench.method import METHODS
 from bench.protocol import FIELDS as PROTOCOL_FIELDS
 from bench.record import RunRecord
@@ -269,6 +269,7 @@ class Outcome:
     test_acc: float | None = None
     val_acc: float | None = None
     error: str | None = None
+    artifact_bytes: int = 0  # what the run's artifacts take on disk (runs executed here)
 
 
 class GridEvents:
@@ -294,10 +295,16 @@ class Execution:
     dask_address: str | None = None  # the Dask scheduler's address, tcp://HOST:PORT
     data_root: Path | None = None
     retry_failed: bool = False
+    retry_artifacts: bool = False  # rerun done runs whose artifacts are missing or corrupt (`artifacts.missing`)
+    save_full: bool = False  # keep the learned tensors of runs that learn the whole backbone (full fine-tuning)
 
     def finished(self, spec: RunSpec) -> bool:
         record = self.store.read(spec.run_id)
-        return record is not None and (record.done or not self.retry_failed)
+        if record is None:
+            return False
+        if record.done:
+            return not (self.retry_artifacts and artifacts.missing(self.store.root, record))
+        return not self.retry_failed
 
 
 @dataclass
@@ -379,15 +386,19 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
             hooks.run_started(spec)
         on_epoch = (lambda e, n, loss, acc: hooks.epoch(spec, e, n, loss, acc)) if hooks is not None else None
         try:
-            record = run(spec, device=_device(execution), on_epoch=on_epoch, data_root=execution.data_root,
-                         caches=_caches(execution.store.root))
+            record, outputs = run_with_outputs(spec, device=_device(execution), on_epoch=on_epoch,
+                                               data_root=execution.data_root, caches=_caches(execution.store.root))
+            # Written before the record that names them: a run killed in between leaves no record, so it reruns.
+            record = artifacts.keep(execution.store.root, record, outputs.learned, outputs.initial,
+                                    outputs.predictions, outputs.whole_backbone, execution.save_full)
         except WriteFailed:
             raise  # the disk's failure, not the run's: it stops the grid, and a rerun runs this run again
         except Exception as exc:  # any failure of one run is recorded; the grid goes on
             error = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
             record = RunRecord.failed(spec, error, "".join(traceback.format_exc(limit=-6)))
         execution.store.write(record)
-        return Outcome(spec, record.status, record.test_acc, record.val_acc, record.error)
+        return Outcome(spec, record.status, record.test_acc, record.val_acc, record.error,
+                       artifacts.disk_bytes(record))
     finally:
         lock.release()
 

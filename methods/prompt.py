@@ -318,10 +318,17 @@ def construct_prompts(config: SPTConfig, ctx: BuildContext, layers: int, init: s
     return torch.stack(prompts), info
 
 
+def from_data(config: VPTConfig, ctx: BuildContext) -> bool:
+    """Whether the prompts are constructed from the training data; without data (`BuildContext.train` None) only
+    their shape matters, since a run's saved prompts are loaded over them."""
+    return isinstance(config, SPTConfig) and config.init != "random" and config.num_prompts > 0 and \
+        ctx.train is not None
+
+
 def build_prompts(config: VPTConfig, ctx: BuildContext, deep: bool) -> tuple[torch.Tensor, dict]:
     vit = ctx.backbone.model
     layers = len(vit.blocks) if deep else 1
-    if not isinstance(config, SPTConfig) or config.init == "random" or config.num_prompts == 0:
+    if not from_data(config, ctx):
         init = config.init if isinstance(config, SPTConfig) else "random"
         prompts, info = vpt_uniform(vit, layers, config.num_prompts, ctx.generator), {"init": init}
     else:
@@ -352,7 +359,8 @@ def _build(config: VPTConfig, ctx: BuildContext, deep: bool) -> Adapted:
         info["nmi"] = {"probe_images": nmi.PROBE_IMAGES, "codes": nmi.CODES, "seed": nmi.SEED,
                        "tokens": "after each block's first LayerNorm"}
     return Adapted(trunk, linear_head(ctx.backbone, ctx.num_classes), trunk_frozen=False,
-                   extra_tokens=config.num_prompts, setup_seconds=seconds, info=info, probe=probe)
+                   extra_tokens=config.num_prompts, setup_seconds=seconds, info=info, probe=probe,
+                   constructed=from_data(config, ctx))
 
 
 # Used under `--recipe none`; the recipes (bench.recipes) carry the references' grids. The learning rates include
