@@ -110,6 +110,13 @@ class Provenance(_Section):
 
 
 @dataclass(frozen=True)
+class ArtifactFile(_Section):
+    path: str = _doc("the file, relative to the results folder: `artifacts/<id>/<name>.safetensors`")
+    sha256: str = _doc("sha256 of the file's bytes; a file that no longer matches is reported as corrupt")
+    bytes: int = _doc("the file's size on disk")
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """The task as the run saw it: its registry facts and what its loader reported (serialised flat)."""
 
@@ -170,11 +177,16 @@ class RunRecord:
     data_path: list[dict[str, Any]] | None = _doc("which decode-cache entries the splits read or built (with the "
                                                   "first pass's cost), or why they read files", default=None)
     provenance: Provenance | None = _doc("the code, libraries and device the run ran on", default=None)
+    artifacts: dict[str, ArtifactFile] | None = _doc(
+        "the files the run left beside its record (`bench/artifacts.py`), by name: `learned` (the learnable tensors "
+        "and the head; full fine-tuning only with `--save-full`), `init` (tensors a method constructed from the data "
+        "before training: SPT's prompts), `predictions` (per test image: label, prediction, confidence, logits or "
+        "top-5); absent in records older than this field", default=None)
     error: str | None = _doc("failed runs: the error, one line", default=None)
     traceback: str | None = _doc("failed runs: the last frames of the traceback", default=None)
 
     # Fields a version-1 record may lack, written back only when present.
-    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol"})
+    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol", "artifacts"})
     _FAILED_FIELDS: ClassVar[tuple[str, ...]] = ("id", "spec", "status", "schema_version", "error", "traceback")
 
     @classmethod
@@ -202,6 +214,8 @@ class RunRecord:
             value = getattr(self, name)
             if value is None and name in self._OMITTED_WHEN_NULL:
                 continue
+            if name == "artifacts" and value is not None:
+                value = {key: file.to_dict() for key, file in value.items()}
             out[name] = value.to_dict() if hasattr(value, "to_dict") else value
         return out
 
@@ -232,6 +246,9 @@ class RunRecord:
             value = data.get(name)
             return None if value is None else kind.from_dict(value, name)
 
+        artifacts = data.get("artifacts")
+        if artifacts is not None and not isinstance(artifacts, dict):
+            raise RecordError("artifacts is not an object")
         return cls(
             id=data["id"], spec=spec, status=data["status"], schema_version=SCHEMA_VERSION,
             recipe=data.get("recipe"), protocol=data.get("protocol"), task=section("task", TaskInfo), backbone=data.get("backbone"),
@@ -240,6 +257,8 @@ class RunRecord:
             wallclock=section("wallclock", WallClock), cpu_share=section("cpu_share", CpuShare),
             throughput=section("throughput", Throughput), memory=section("memory", Memory),
             data_path=data.get("data_path"), provenance=section("provenance", Provenance),
+            artifacts=None if artifacts is None else {key: ArtifactFile.from_dict(file, f"artifacts.{key}")
+                                                      for key, file in artifacts.items()},
             error=data.get("error"), traceback=data.get("traceback"),
         )
 
@@ -296,7 +315,8 @@ def schema_markdown() -> str:
     """The field tables of `docs/records.md`: one per part of the record."""
     parts: list[tuple[str, type]] = [("RunRecord", RunRecord), ("task", TaskInfo),
                                      *[(name, kind) for name, kind in _SECTION_TYPES.items()],
-                                     ("memory", Memory), ("provenance", Provenance)]
+                                     ("memory", Memory), ("provenance", Provenance),
+                                     ("artifacts.<name>", ArtifactFile)]
     lines = [f"Schema version {SCHEMA_VERSION}. Generated from `bench/record.py` by `bench.record.schema_markdown()`;",
              "a test keeps this page equal to it.", ""]
     for title, kind in parts:

@@ -1,0 +1,212 @@
+"""What a run keeps beside its record: files under `results/artifacts/<run id>/`, each named in the record's
+`artifacts` section with its sha256 and size, so a file that changed since (truncated, a flipped byte) is found
+before it is used.
+
+  learned.safetensors      the tensors the run learned: exactly its learnable parameters, plus the head's whole state
+                           (a probe's BatchNorm statistics included); with the method, its config and the backbone's
+                           identity in the header's metadata. Full fine-tuning writes it only with `--save-full`.
+  init.safetensors         tensors the method constructed from the data before training (SPT's prompts), as built.
+  predictions.safetensors  per test image, in the test split's order: label, predicted class, its softmax
+                           probability, and the logits (float16), or with more than `MAX_CLASSES` classes the top
+                           `TOP_K` classes and their logits. Enough for per-image correctness, calibration and
+                           ensembles of any runs that scored the same test split.
+
+Files are safetensors (no pickle; a header of JSON, then raw tensors) written whole or not at all
+(`bench.atomic.replacing`). A missing or corrupt artifact is an `ArtifactError`: one line naming the run, the file,
+what is wrong and how to get it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_numpy
+from safetensors.numpy import save as save_numpy
+
+from bench import BenchError
+from bench.atomic import replacing
+from bench.record import ArtifactFile, RunRecord
+
+FOLDER = "artifacts"
+LEARNED, INIT, PREDICTIONS = "learned", "init", "predictions"
+# Logits of every class up to this many classes (VTAB's 100 at most, CUB's 200 above); above it, the top k.
+MAX_CLASSES = 100
+TOP_K = 5
+REGENERATE = "regenerate it with `bench run --retry-artifacts` (with the run's arguments) or rerun the run"
+
+
+class ArtifactError(BenchError):
+    """An artifact a command needs is missing, corrupt, or not what its record says; the message is one line."""
+
+
+def run_folder(results: Path, run_id: str) -> Path:
+    return Path(results) / FOLDER / run_id
+
+
+def relative_path(run_id: str, name: str) -> str:
+    """Where artifact `name` of a run lives, relative to the results folder (what the record holds)."""
+    return f"{FOLDER}/{run_id}/{name}.safetensors"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A run's test predictions, one row per test image in the split's order.
+
+    Attributes:
+        labels: (N,) int64 true classes.
+        predicted: (N,) int64 argmax classes, exactly those the run's test accuracy counted.
+        confidence: (N,) float32 softmax probability of `predicted` (from the full-precision logits).
+        logits: (N, C) float16 with C <= `MAX_CLASSES`, else None.
+        top_classes: (N, k) int64 classes of the k largest logits, largest first, with C > `MAX_CLASSES`, else None.
+        top_logits: (N, k) float16 their logits, likewise.
+    """
+
+    labels: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    logits: np.ndarray | None = None
+    top_classes: np.ndarray | None = None
+    top_logits: np.ndarray | None = None
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool: whether each test image was classified correctly."""
+        return self.predicted == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy in %, computed as the engine computes it."""
+        return 100.0 * int(self.correct.sum()) / len(self.labels)
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> Predictions:
+        """From a run's full-precision (N, C) logits, the classes its accuracy counted, and the labels."""
+        logits = logits.astype(np.float32)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        predicted = predicted.astype(np.int64)
+        confidence = (shifted[np.arange(len(predicted)), predicted] / shifted.sum(axis=1)).astype(np.float32)
+        if logits.shape[1] <= MAX_CLASSES:
+            return cls(labels.astype(np.int64), predicted, confidence, logits=logits.astype(np.float16))
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+        return cls(labels.astype(np.int64), predicted, confidence, top_classes=top.astype(np.int64),
+                   top_logits=np.take_along_axis(logits, top, axis=1).astype(np.float16))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        named = {"labels": self.labels, "predicted": self.predicted, "confidence": self.confidence,
+                 "logits": self.logits, "top_classes": self.top_classes, "top_logits": self.top_logits}
+        return {name: np.ascontiguousarray(value) for name, value in named.items() if value is not None}
+
+
+_DTYPES = {"labels": np.int64, "predicted": np.int64, "confidence": np.float32, "logits": np.float16,
+           "top_classes": np.int64, "top_logits": np.float16}
+
+
+def save_predictions(path: Path, predictions: Predictions, metadata: dict[str, str]) -> str:
+    """Write `predictions` to `path` (safetensors, `metadata` in its header) atomically; returns the file's sha256."""
+    tensors = predictions.tensors()
+    n = len(predictions.labels)
+    for name, value in tensors.items():
+        if value.dtype != _DTYPES[name] or len(value) != n:
+            raise ValueError(f"predictions.{name}: {value.dtype} of {len(value)} rows, expected {_DTYPES[name]} "
+                             f"of {n}")
+    return write_bytes(path, save_numpy(tensors, metadata), "the predictions")[0]
+
+
+def write_bytes(path: Path, data: bytes, what: str) -> tuple[str, int]:
+    """Write `data` to `path` whole or not at all; returns its sha256 and size."""
+    with replacing(path, what) as temporary, open(temporary, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def artifact_file(run_id: str, name: str, sha256: str, size: int) -> ArtifactFile:
+    return ArtifactFile(relative_path(run_id, name), sha256, size)
+
+
+def read_artifact(results: Path, record: RunRecord, name: str, why_absent: str = "") -> tuple[bytes, dict[str, str]]:
+    """The bytes of artifact `name` of `record`'s run and its header's metadata, checked against the record.
+
+    Raises:
+        ArtifactError: the record names no such artifact (`why_absent` says why, when known), the file is missing,
+            its sha256 differs from the record's, or it is not a safetensors file.
+    """
+    run = f"run {record.id}"
+    if record.artifacts is None:
+        raise ArtifactError(f"{run} was recorded before runs kept artifacts, so it has no {name}.safetensors; "
+                            f"{REGENERATE}")
+    entry = record.artifacts.get(name)
+    if entry is None:
+        raise ArtifactError(f"{run} has no {name}.safetensors{why_absent or ''}; {REGENERATE}")
+    path = Path(results) / entry.path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{run}: {path} is missing; {REGENERATE}") from None
+    except OSError as exc:
+        raise ArtifactError(f"{run}: cannot read {path} ({exc.strerror}); {REGENERATE}") from None
+    if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise ArtifactError(f"{run}: {path} is corrupt ({len(data)} bytes, sha256 not the recorded one); "
+                            f"{REGENERATE}")
+    try:
+        return data, header_metadata(data)
+    except ValueError as exc:
+        raise ArtifactError(f"{run}: {path} is not a safetensors file ({exc}); {REGENERATE}") from None
+
+
+def header_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's bytes: an 8-byte little-endian header length, then JSON."""
+    if len(data) < 8:
+        raise ValueError("shorter than its header")
+    (length,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8:8 + length])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError("its header is not JSON") from None
+    return header.get("__metadata__") or {}
+
+
+def read_record(results: Path, run_id: str) -> RunRecord:
+    """The finished run's record; `ArtifactError` when there is none."""
+    from bench.store import Store
+
+    record = Store(results).read(run_id)
+    if record is None:
+        raise ArtifactError(f"run {run_id}: no record in {Path(results) / 'runs'}; check the id "
+                            "(`bench run --dry-run` lists ids) and --results")
+    if not record.done:
+        raise ArtifactError(f"run {run_id} failed ({record.error}), so it has no artifacts; rerun it with "
+                            "`bench run --retry-failed`")
+    return record
+
+
+def load_predictions(results: Path, run_id: str) -> Predictions:
+    """Run `run_id`'s test predictions from `results`.
+
+    Raises:
+        ArtifactError: no record, a tune-stage run (it never reads test), or the file missing, corrupt, or not
+            what the record names.
+    """
+    record = read_record(results, run_id)
+    if record.spec.stage == "tune":
+        raise ArtifactError(f"run {run_id} is a tune-stage run, which never reads test, so it has no predictions; "
+                            "use the final stage's runs")
+    data, _ = read_artifact(results, record, PREDICTIONS)
+    try:
+        tensors = load_numpy(data)
+    except SafetensorError as exc:
+        tensors, problem = {}, str(exc)
+    else:
+        problem = "no labels, predicted or confidence"
+    if not {"labels", "predicted", "confidence"} <= set(tensors):
+        raise ArtifactError(f"run {run_id}: {Path(results) / relative_path(run_id, PREDICTIONS)} does not hold "
+                            f"predictions ({problem}); {REGENERATE}")
+    return Predictions(**{name: tensors.get(name) for name in _DTYPES})
