@@ -1,6 +1,7 @@
 """The report's statistics against their oracles: the Friedman test against scipy and Demšar's formula, the Nemenyi
 critical difference against Demšar's table, the Bayesian signed-rank comparison against baycomp on the table it
-should be given and against what the test is documented to conclude."""
+should be given and against what the test is documented to conclude, McNemar's test against statsmodels, the
+hierarchical bootstrap against drawing one index at a time, and the ECE against a hand computation."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from scipy import stats
 
 from bench import BenchError
 from bench.cli import main
-from bench.report import WRITTEN_LIST, bayesian, critical_difference, rank_methods
+from bench.report import (
+    WRITTEN_LIST, Scores, bayesian, critical_difference, hierarchical_bootstrap, mcnemar_exact, paired, per_image,
+    rank_methods, reliability,
+)
 from bench.report.ranking import nemenyi_q
 from bench.store import Store
 from test_report import record
@@ -183,3 +187,179 @@ def test_a_negative_rope_is_refused_and_rope_needs_compare(tmp_path: Path, capsy
     store.write(record("linear", "digits", 0, 70.0))
     assert main(["report", "--results", str(store.root), "--rope", "2"]) == 2
     assert "pass --compare A,B" in capsys.readouterr().err
+
+
+# --- per image: McNemar and the hierarchical bootstrap -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 0), (7, 2), (12, 19), (40, 40), (150, 110)])
+def test_mcnemar_is_statsmodels_exact_test_and_scipys_binomial(b: int, c: int) -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    table = [[25, b], [c, 9]]  # the concordant cells do not enter the test
+    assert mcnemar_exact(b, c) == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-12)
+    if b + c:
+        assert mcnemar_exact(b, c) == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
+
+
+def correctness(pattern: str) -> np.ndarray:
+    return np.array([ch == "1" for ch in pattern])
+
+
+def scored(correct: dict[str, np.ndarray], labels: np.ndarray | None = None) -> dict[str, Scores]:
+    return {run: Scores(np.arange(len(c)) % 7 if labels is None else labels, c, np.full(len(c), 0.8, np.float32))
+            for run, c in correct.items()}
+
+
+def test_the_per_image_test_counts_discordant_images_per_cell_and_pools_them() -> None:
+    # Two tasks x two seeds; A right alone is b, B right alone is c.
+    a = {("task-0", 0): "1101100", ("task-0", 1): "1111000", ("task-1", 0): "0010111", ("task-1", 1): "1110011"}
+    b = {("task-0", 0): "1001001", ("task-0", 1): "0111000", ("task-1", 0): "0011101", ("task-1", 1): "1010011"}
+    runs = grid({"a": [[0.0, 0.0], [0.0, 0.0]], "b": [[0.0, 0.0], [0.0, 0.0]]})
+    correct = {f"{v}-{t[-1]}-{s}": correctness(p) for v, table in (("a", a), ("b", b)) for (t, s), p in table.items()}
+    result, notes = per_image("a", "b", paired(runs, "a", "b"), scored(correct))
+    assert notes == []
+    assert [(cell.task, cell.seed, cell.n, cell.b, cell.c) for cell in result.cells] == [
+        ("task-0", 0, 7, 2, 1), ("task-0", 1, 7, 1, 0), ("task-1", 0, 7, 1, 1), ("task-1", 1, 7, 1, 0)]
+    assert result.discordant == (5, 2)
+    assert result.pvalue == mcnemar_exact(5, 2) == pytest.approx(stats.binomtest(5, 7).pvalue)
+    # The point estimate is the mean over tasks of the mean over seeds of acc(a) − acc(b), in points.
+    assert result.mean == pytest.approx(100 * (1 / 7 + 1 / 7 + 0 + 1 / 7) / 4)
+
+
+def test_cells_whose_runs_scored_different_images_or_lack_predictions_are_left_out_with_notes() -> None:
+    runs = grid({"a": [[0.0, 0.0]], "b": [[0.0, 0.0]]})
+    correct = {"a-0-0": correctness("1100"), "b-0-0": correctness("1010"), "a-0-1": correctness("11")}
+    scores = scored(correct)
+    result, notes = per_image("a", "b", paired(runs, "a", "b"), scores)
+    assert [(cell.seed, cell.b, cell.c) for cell in result.cells] == [(0, 1, 1)]
+    assert notes == ["per-image comparison of a and b: 1 of 2 (backbone, task, seed) cells left out, a run of them "
+                     "without saved predictions"]
+    scores["b-0-1"] = Scores(np.arange(2) + 1, correctness("10"), np.ones(2, np.float32))  # other labels
+    _, notes = per_image("a", "b", paired(runs, "a", "b"), scores)
+    assert notes[0].startswith("per-image test: task-0 seed 1 on micro-vit left out: its two runs scored different")
+    none, notes = per_image("a", "b", paired(runs, "a", "b"), {})
+    assert none is None and notes == ["per-image comparison of a and b skipped: none of their 2 (backbone, task, "
+                                      "seed) cells has both runs' saved predictions"]
+
+
+def test_a_constant_per_image_difference_has_a_bootstrap_interval_of_exactly_that_difference() -> None:
+    ones = np.ones(50, np.int8)
+    assert hierarchical_bootstrap({("x", "t0"): [ones, ones], ("x", "t1"): [ones, ones, ones]}) == (100.0, 100.0, 100.0)
+
+
+def test_seeds_that_disagree_widen_the_interval_to_their_spread() -> None:
+    # Seed 0: A right alone on every image; seed 1: B. Images alone would give a zero-width interval at each seed;
+    # resampling seeds gives means of +100, 0 or -100 with chances 1/4, 1/2, 1/4.
+    estimate, low, high = hierarchical_bootstrap({("x", "t"): [np.ones(40, np.int8), -np.ones(40, np.int8)]})
+    assert (estimate, low, high) == (0.0, -100.0, 100.0)
+
+
+def naive_bootstrap(differences: dict[tuple[str, str], list[np.ndarray]], resamples: int, seed: int) -> np.ndarray:
+    """The hierarchical bootstrap drawn one index at a time: tasks, then each drawn task's seeds and one draw of its
+    images shared by those seeds."""
+    rng = np.random.default_rng(seed)
+    keys = list(differences)
+    means = []
+    for _ in range(resamples):
+        task_means = []
+        for t in rng.integers(len(keys), size=len(keys)):
+            seeds = differences[keys[t]]
+            images = rng.integers(len(seeds[0]), size=len(seeds[0]))
+            task_means.append(np.mean([seeds[s][images].mean() for s in rng.integers(len(seeds), size=len(seeds))]))
+        means.append(100 * np.mean(task_means))
+    return np.array(means)
+
+
+def test_the_hierarchical_bootstrap_has_the_distribution_of_drawing_tasks_seeds_and_images_one_by_one() -> None:
+    rng = np.random.default_rng(5)
+    differences = {("x", f"t{t}"): [rng.choice([-1, 0, 1], p=[0.1 + 0.05 * t, 0.7, 0.2 - 0.05 * t], size=60)
+                                    .astype(np.int8) for _ in range(3)] for t in range(3)}
+    estimate, low, high = hierarchical_bootstrap(differences, resamples=20_000, seed=1)
+    reference = naive_bootstrap(differences, resamples=20_000, seed=2)
+    assert estimate == pytest.approx(100 * np.mean([np.mean(d) for d in differences.values()]))
+    spread = reference.std()
+    # The two draw differently, so their percentiles agree to Monte Carlo error, a small share of the spread.
+    assert low == pytest.approx(np.percentile(reference, 2.5), abs=0.1 * spread)
+    assert high == pytest.approx(np.percentile(reference, 97.5), abs=0.1 * spread)
+    assert hierarchical_bootstrap(differences, seed=1) == hierarchical_bootstrap(differences, seed=1)
+
+
+# --- calibration ---------------------------------------------------------------------------------------------------
+
+
+def test_ece_is_the_bin_weighted_gap_between_accuracy_and_confidence() -> None:
+    # 15 bins of width 1/15, each open below and closed above: 0.05 and 1/15 share the first bin, 0.5 falls in the
+    # eighth, 0.9 in the fourteenth, 0.95 and 1.0 in the last.
+    confidence = np.array([0.05, 1 / 15, 0.5, 0.5, 0.9, 0.95, 1.0], np.float64)
+    correct = np.array([0, 0, 1, 0, 1, 1, 1], bool)
+    hand = (2 * abs(0 - (0.05 + 1 / 15) / 2) + 2 * abs(0.5 - 0.5) + abs(1 - 0.9) + 2 * abs(1 - 0.975)) / 7
+    curve = reliability(confidence, correct)
+    assert curve.counts.tolist() == [2, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 2]
+    assert curve.ece == pytest.approx(100 * hand)
+    # Right exactly as often as confident, bin by bin: 0.
+    assert reliability(np.array([0.5, 0.5, 1.0, 1.0]), np.array([1, 0, 1, 1], bool)).ece == 0.0
+
+
+def store_with_predictions(root: Path, cells: dict[tuple[str, str, int], tuple[str, float]]) -> Store:
+    """Records with saved predictions, as a run writes them: (method, task, seed) -> (correctness, confidence)."""
+    import dataclasses
+
+    from bench.artifacts import PREDICTIONS, Predictions, artifact_file, run_folder, save_predictions
+
+    store = Store(root)
+    for (method, task, seed), (pattern, confidence) in cells.items():
+        correct = correctness(pattern)
+        labels = np.arange(len(correct), dtype=np.int64) % 5
+        predictions = Predictions(labels, np.where(correct, labels, (labels + 1) % 5),
+                                  np.full(len(correct), confidence, np.float32))
+        spec = record(method, task, seed, predictions.accuracy).spec
+        path = run_folder(root, spec.run_id) / f"{PREDICTIONS}.safetensors"
+        sha = save_predictions(path, predictions, {"run_id": spec.run_id})
+        store.write(dataclasses.replace(record(method, task, seed, predictions.accuracy), artifacts={
+            PREDICTIONS: artifact_file(spec.run_id, PREDICTIONS, sha, path.stat().st_size)}))
+    return store
+
+
+def test_report_writes_calibration_and_compare_prints_the_per_image_result_beside_the_seed_level_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    store = store_with_predictions(tmp_path / "results", {
+        ("vpt-deep", "digits", 0): ("11110000", 0.9), ("vpt-deep", "digits", 1): ("11111000", 0.6),
+        ("spt-deep", "digits", 0): ("11111100", 0.75), ("spt-deep", "digits", 1): ("11110000", 0.5),
+        ("vpt-deep", "mnist5k", 0): ("1111", 0.8), ("spt-deep", "mnist5k", 0): ("1110", 0.8)})
+    store.write(record("vpt-deep", "mnist5k", 1, 50.0))  # from before artifacts: no predictions
+    store.write(record("spt-deep", "mnist5k", 1, 75.0))
+    out = tmp_path / "report"
+    assert main(["report", "--results", str(store.root), "--out", str(out), "--format", "csv",
+                 "--compare", "spt-deep,vpt-deep"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "note: 2 runs predate artifacts" in printed and "rerun with `bench run --retry-artifacts`" in printed
+    # Seed level, unchanged: (+25 − 12.5 − 25 + 25) / 4 over the four (task, seed) pairs.
+    assert "spt-deep − vpt-deep: +3.12 points over 4 (backbone, task, seed) pairs" in printed
+    # digits seed 0: +2 images of 8, seed 1: −1 of 8; mnist5k seed 0: −1 of 4; seed 1 has no predictions.
+    assert ("spt-deep − vpt-deep per image, on 3 (backbone, task, seed) cells, 20 image pairs: -9.38 points"
+            in printed)
+    assert "spt-deep alone right on 2 images, vpt-deep alone on 2, pooled two-sided p = 1;" in printed
+    assert "P(practically equivalent)" in printed
+    table = pd.read_csv(out / "calibration.csv").set_index("method")
+    # ECE per run: one bin each, |accuracy − confidence|; digits' cell is the mean over the two seeds.
+    assert table.loc["vpt-deep", "digits"] == pytest.approx((abs(50 - 90) + abs(62.5 - 60)) / 2)
+    assert table.loc["spt-deep", "mnist5k"] == pytest.approx(abs(75 - 80))
+    assert table.loc["vpt-deep", "digits_std"] == pytest.approx(np.std([40, 2.5], ddof=1))
+    assert (out / "reliability.png").stat().st_size > 0
+
+
+def test_a_corrupt_predictions_file_is_a_note_not_a_traceback(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    store = store_with_predictions(tmp_path / "results", {("vpt-deep", "digits", 0): ("1100", 0.9),
+                                                          ("spt-deep", "digits", 0): ("1110", 0.9)})
+    victim = next((store.root / "artifacts").rglob("*.safetensors"))
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert main(["report", "--results", str(store.root), "--out", str(tmp_path / "r"), "--format", "md",
+                 "--compare", "spt-deep,vpt-deep"]) == 0
+    captured = capsys.readouterr()
+    printed = " ".join(captured.out.split())
+    assert "is corrupt" in printed and "--retry-artifacts" in printed and "Traceback" not in captured.err
+    assert "per-image comparison of spt-deep and vpt-deep skipped" in printed

@@ -2,8 +2,10 @@
 
 `build_report` writes every table (`bench.report.tables`) in every asked format (`bench.report.rendering`: LaTeX,
 Markdown and CSV with the same numbers) and every figure (`bench.report.figures`) the records support, saying which it
-skipped and why; with --compare, the paired bootstrap of two methods and their Bayesian signed-rank test
-(`bench.report.comparison`); with --rank, the Friedman test, Nemenyi post-hoc and critical-difference diagram over
+skipped and why, and from the runs' saved test predictions a calibration table and reliability diagram
+(`bench.report.calibration`); with --compare, the paired bootstrap of two methods and their Bayesian signed-rank test
+(`bench.report.comparison`) and McNemar's test and a hierarchical bootstrap image by image (`bench.report.perimage`);
+with --rank, the Friedman test, Nemenyi post-hoc and critical-difference diagram over
 methods and tasks (`bench.report.ranking`); with --published, the papers' numbers beside this run's
 (`bench.report.published`).
 """
@@ -17,10 +19,16 @@ from typing import Sequence
 from bench import BenchError
 from bench.fingerprint import fingerprint_summary, mixed_fingerprint_warnings
 from bench.record import COLUMNS
-from bench.report.comparison import ROPE, Bayesian, Comparison, bayesian, compare
+from bench.report.calibration import (
+    BINS, Reliability, calibration_frame, calibration_table, fig_reliability, reliability,
+)
+from bench.report.comparison import ROPE, Bayesian, Comparison, bayesian, compare, paired
 from bench.report.figures import (
     FIGURES, INIT_ORDER, SHARED_CORES_BELOW, fig_backbone_size, fig_data_fraction, fig_init_ablation, fig_nmi,
     fig_pareto, fig_prompt_length, fig_val_curves, init_ablation_stats, val_curves,
+)
+from bench.report.perimage import (
+    McNemar, PerImage, Scores, hierarchical_bootstrap, load_scores, mcnemar_exact, per_image,
 )
 from bench.report.published import compare_published, load_published, protocol_notes, published_table, scope_tasks
 from bench.report.ranking import Ranking, critical_difference, fig_critical_difference, rank_methods, rank_table
@@ -33,13 +41,15 @@ from bench.store import Store
 
 # The public API, importable from `bench.report` whichever part defines it.
 __all__ = [
-    "FIGURES", "FORMATS", "INIT_ORDER", "ROPE", "SHARED_CORES_BELOW", "WRITTEN_LIST", "Bayesian", "Cell", "Column",
-    "Comparison", "Group", "Ranking", "Report", "Suite", "Table", "bayesian", "budget_table", "build_report", "compare",
+    "BINS", "FIGURES", "FORMATS", "INIT_ORDER", "ROPE", "SHARED_CORES_BELOW", "WRITTEN_LIST", "Bayesian", "Cell",
+    "Column", "Comparison", "Group", "McNemar", "PerImage", "Ranking", "Reliability", "Report", "Scores", "Suite",
+    "Table", "bayesian", "budget_table", "build_report", "calibration_frame", "calibration_table", "compare",
     "compare_published", "convergence_table", "critical_difference", "fig_backbone_size", "fig_critical_difference",
-    "fig_data_fraction", "fig_init_ablation", "fig_nmi", "fig_pareto", "fig_prompt_length", "fig_val_curves",
-    "init_ablation_stats", "last_third_gain", "load_published", "load_runs", "natural_key", "protocol_notes",
-    "published_table", "rank_methods", "rank_table", "scope_tasks", "suite_table", "suites", "summary_table",
-    "to_frame", "to_latex", "to_markdown", "to_rich", "val_curves", "write_table",
+    "fig_data_fraction", "fig_init_ablation", "fig_nmi", "fig_pareto", "fig_prompt_length", "fig_reliability",
+    "fig_val_curves", "hierarchical_bootstrap", "init_ablation_stats", "last_third_gain", "load_published",
+    "load_runs", "load_scores", "mcnemar_exact", "natural_key", "paired", "per_image", "protocol_notes",
+    "published_table", "rank_methods", "rank_table", "reliability", "scope_tasks", "suite_table", "suites",
+    "summary_table", "to_frame", "to_latex", "to_markdown", "to_rich", "val_curves", "write_table",
 ]
 
 
@@ -51,6 +61,7 @@ class Report:
     comparison: Comparison | None
     published: Table | None = None  # when asked for, and some published number matched
     bayesian: Bayesian | None = None  # with `comparison`
+    per_image: PerImage | None = None  # with `comparison`, where both methods' runs saved their predictions
     rankings: list[Ranking] = field(default_factory=list)  # when asked for: one per backbone the test could rank
 
 
@@ -107,6 +118,18 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
             notes.append(made)
         else:
             paths += made
+    scores, score_notes = load_scores(store.root, reported)
+    notes += score_notes
+    calibrated = calibration_frame(runs, scores)
+    if calibrated.empty:
+        notes.append("calibration table and reliability diagram skipped: no run has saved test predictions")
+    else:
+        paths += write_table(calibration_table(calibrated), out, formats)
+        paths += fig_reliability(calibrated, scores, out)
+    images = None
+    if compare_pair:
+        images, image_notes = per_image(*compare_pair, paired(runs, *compare_pair), scores)
+        notes += image_notes
     beside = None
     if published:
         matched = compare_published(runs, load_published())
@@ -127,7 +150,7 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     # What a flag writes stays from an earlier report made with it, when this one was not asked for it.
     unasked = ({"published"} if not published else set()) | ({"ranks", "critical_difference"} if not rank else set())
     notes += _drop_stale(out, paths, unasked)
-    return Report(summary, paths, notes, comparison, beside, posterior, rankings)
+    return Report(summary, paths, notes, comparison, beside, posterior, images, rankings)
 
 
 # What the last `bench report` wrote in its directory, so that a table or figure it now skips does not linger there
