@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--published", action="store_true",
                         help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
-                        "CI, and a Bayesian signed-rank test over tasks; A, B: methods or variants as the summary "
-                        "labels them")
+                        "CI, a Bayesian signed-rank test over tasks and, from saved predictions, McNemar's test and a "
+                        "bootstrap image by image; A, B: methods or variants as the summary labels them")
     report.add_argument("--rope", type=float, metavar="POINTS", help="with --compare: the region of practical "
                         "equivalence of the Bayesian test, in accuracy points (default 1)")
     report.add_argument("--rank", action="store_true", help="rank methods over tasks per backbone: Friedman test, "

@@ -5,9 +5,8 @@ Markdown and CSV with the same numbers) and every figure (`bench.report.figures`
 skipped and why, and from the runs' saved test predictions a calibration table and reliability diagram
 (`bench.report.calibration`); with --compare, the paired bootstrap of two methods and their Bayesian signed-rank test
 (`bench.report.comparison`) and McNemar's test and a hierarchical bootstrap image by image (`bench.report.perimage`);
-with --rank, the Friedman test, Nemenyi post-hoc and critical-difference diagram over
-methods and tasks (`bench.report.ranking`); with --published, the papers' numbers beside this run's
-(`bench.report.published`).
+with --rank, the Friedman test, Nemenyi post-hoc and critical-difference diagram over methods and tasks
+(`bench.report.ranking`); with --published, the papers' numbers beside this run's (`bench.report.published`).
 """
 
 from __future__ import annotations
@@ -71,7 +70,8 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
     """Write every table and figure the records support under `out`; say which were skipped and why. With
     `published`, also the published numbers (bench/report/published.csv) beside this run's (bench.report.published);
     with `rank`, the rank table and critical-difference diagram (bench.report.ranking); with `compare_pair`, the
-    bootstrap and the Bayesian comparison at `rope` points (bench.report.comparison)."""
+    bootstrap and the Bayesian comparison at `rope` points (bench.report.comparison) and, where runs saved their
+    test predictions, the per-image comparison (bench.report.perimage)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise BenchError(f"--format {','.join(formats)}: valid formats are {','.join(FORMATS)}")
