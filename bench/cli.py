@@ -136,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--published", action="store_true",
                         help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
-                        "CI; A, B: methods or variants as the summary labels them")
+                        "CI, a Bayesian signed-rank test over tasks and, from saved predictions, McNemar's test and a "
+                        "bootstrap image by image; A, B: methods or variants as the summary labels them")
+    report.add_argument("--rope", type=float, metavar="POINTS", help="with --compare: the region of practical "
+                        "equivalence of the Bayesian test, in accuracy points (default 1)")
+    report.add_argument("--rank", action="store_true", help="rank methods over tasks per backbone: Friedman test, "
+                        "Nemenyi post-hoc, critical-difference diagram (ranks.*, critical_difference.pdf/png)")
 
     check = sub.add_parser("check", help="CI regression check: rerun a small fixed subset, compare with a baseline")
     check.add_argument("--baseline", type=Path, default=None, help="baseline file (default results/baselines/check.json)")
@@ -201,7 +206,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     _registries()  # the task families declare the report's tables: their groups, labels and task order
-    from bench.report import build_report, to_rich
+    from bench.report import ROPE, build_report, to_rich
 
     pair = None
     if args.compare is not None:
@@ -209,11 +214,18 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         pair = tuple(name.strip() for name in re.split(r",(?! )", args.compare))
         if len(pair) != 2 or not all(pair):
             raise BenchError(f"--compare {args.compare!r}: expected two methods, e.g. --compare spt-deep,vpt-deep")
+    if args.rope is not None and pair is None:
+        raise BenchError(f"--rope {args.rope:g}: the region of practical equivalence is for the Bayesian comparison; "
+                         "pass --compare A,B with it")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    report = build_report(args.results, args.out or args.results / "report", formats, pair, args.published)
+    rope = ROPE if args.rope is None else args.rope
+    report = build_report(args.results, args.out or args.results / "report", formats, pair, args.published,
+                          args.rank, rope)
     console.print(to_rich(report.summary))
     if report.published is not None:
         console.print(to_rich(report.published))
+    for ranking in report.rankings:
+        console.print(f"rank test on {ranking.describe()}", highlight=False, markup=False)
     for note in report.notes:
         console.print(f"note: {note}", style="dim", highlight=False, markup=False)
     for path in report.paths:
@@ -224,6 +236,23 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             f"{c.a} − {c.b}: {c.mean:+.2f} points over {c.pairs} (backbone, task, seed) pairs, "
             f"{c.confidence:.0%} bootstrap CI [{c.low:+.2f}, {c.high:+.2f}]", highlight=False, markup=False
         )
+        p = report.bayesian
+        console.print(
+            f"{p.a} vs {p.b}, Bayesian signed-rank test over {p.tasks} tasks (mean over seeds), ROPE ±{p.rope:g} "
+            f"points: P({p.a} better) {p.p_a:.3f}, P(practically equivalent) {p.p_rope:.3f}, P({p.b} better) "
+            f"{p.p_b:.3f}: {p.verdict} at {p.threshold:g}", highlight=False, markup=False
+        )
+        if (i := report.per_image) is not None:
+            ahead, behind = i.discordant
+            significant = [cell for cell in i.cells if cell.pvalue < 0.05]
+            console.print(
+                f"{i.a} − {i.b} per image, on {len(i.cells)} (backbone, task, seed) cells, "
+                f"{sum(cell.n for cell in i.cells)} image pairs: {i.mean:+.2f} points, {i.confidence:.0%} "
+                f"hierarchical bootstrap CI (tasks, seeds, images) [{i.low:+.2f}, {i.high:+.2f}]; McNemar's exact "
+                f"test: {i.a} alone right on {ahead} images, {i.b} alone on {behind}, pooled two-sided p = "
+                f"{i.pvalue:.3g}; cells with p < 0.05: {len(significant)} "
+                f"({sum(cell.b > cell.c for cell in significant)} for {i.a})", highlight=False, markup=False
+            )
     return 0
 
 

@@ -408,8 +408,8 @@ def paired_runs(a_minus_b: list[float]) -> pd.DataFrame:
     for i, difference in enumerate(a_minus_b):
         base = 50.0 + 3.25 * i
         pair = {"backbone": "micro-vit", "task": f"task-{i // 3}", "seed": i % 3}
-        rows.append({**pair, "method": "a", "variant": "a", "acc": base + difference})
-        rows.append({**pair, "method": "b", "variant": "b", "acc": base})
+        rows.append({**pair, "id": f"a{i}", "method": "a", "variant": "a", "acc": base + difference})
+        rows.append({**pair, "id": f"b{i}", "method": "b", "variant": "b", "acc": base})
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,5 @@
-"""`bench report --compare A,B`: the paired difference of two methods' test accuracy, with a bootstrap interval."""
+"""`bench report --compare A,B`: the paired difference of two methods' test accuracy, with a bootstrap interval over
+(task, seed) pairs, and a Bayesian signed-rank test over tasks with a region of practical equivalence."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def _select(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     return chosen
 
 
+def paired(runs: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """The (backbone, task, seed) grid both `a` and `b` ran: the keys, `acc_a`, `acc_b`, and each run's `id_a`, `id_b`.
+
+    Raises:
+        BenchError: a name matches no run or several variants, or the two share no cell.
+    """
+    keys = [COLUMNS.backbone, COLUMNS.task, COLUMNS.seed]
+    columns = [*keys, COLUMNS.id, "acc"]
+    joined = _select(runs, a)[columns].merge(_select(runs, b)[columns], on=keys, suffixes=("_a", "_b"))
+    if joined.empty:
+        raise BenchError(f"--compare: {a!r} and {b!r} share no (backbone, task, seed); run both on the same grid")
+    return joined
+
+
 def compare(runs: pd.DataFrame, a: str, b: str, resamples: int = 10_000, confidence: float = 0.95,
             seed: int = 0) -> Comparison:
     """Mean of acc(a) − acc(b) over (backbone, task, seed) pairs both ran, with a seeded percentile-bootstrap CI.
@@ -41,13 +56,66 @@ def compare(runs: pd.DataFrame, a: str, b: str, resamples: int = 10_000, confide
     Pairs are resampled with replacement, so the interval treats them as exchangeable: it reflects seed and task
     variation together, not either alone.
     """
-    keys = [COLUMNS.backbone, COLUMNS.task, COLUMNS.seed]
-    joined = _select(runs, a)[[*keys, "acc"]].merge(_select(runs, b)[[*keys, "acc"]], on=keys, suffixes=("_a", "_b"))
-    if joined.empty:
-        raise BenchError(f"--compare: {a!r} and {b!r} share no (backbone, task, seed); run both on the same grid")
+    joined = paired(runs, a, b)
     diff = (joined["acc_a"] - joined["acc_b"]).to_numpy()
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(len(diff), size=(resamples, len(diff)))].mean(axis=1)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return Comparison(a, b, len(diff), float(diff.mean()), float(low), float(high), confidence)
+
+
+ROPE = 1.0  # points of accuracy: the region of practical equivalence `--rope` defaults to
+THRESHOLD = 0.95  # the posterior probability a verdict needs
+
+
+@dataclass(frozen=True)
+class Bayesian:
+    """Posterior probabilities that `a` is better than `b` by more than `rope` points, that the two are within
+    `rope` of each other, and that `b` is better; they sum to 1."""
+
+    a: str
+    b: str
+    tasks: int
+    rope: float
+    p_a: float
+    p_rope: float
+    p_b: float
+    threshold: float = THRESHOLD
+
+    @property
+    def verdict(self) -> str:
+        """`<a> better`, `practically equivalent` or `<b> better` where that probability reaches the threshold,
+        else `undecided`."""
+        for p, verdict in ((self.p_a, f"{self.a} better"), (self.p_rope, "practically equivalent"),
+                           (self.p_b, f"{self.b} better")):
+            if p >= self.threshold:
+                return verdict
+        return "undecided"
+
+
+def bayesian(runs: pd.DataFrame, a: str, b: str, rope: float = ROPE, threshold: float = THRESHOLD,
+             samples: int = 50_000, seed: int = 0) -> Bayesian:
+    """The Bayesian signed-rank test (Benavoli et al., JMLR 2017; baycomp's `SignedRankTest`) of `a` against `b`
+    over tasks, each task's accuracy the mean over the seeds both ran on it (a (backbone, task) is one task).
+
+    The test puts a Dirichlet process on the per-task differences (prior: one pseudo-task of weight 0.5 at zero
+    difference), so tasks, not seeds, are its samples: seeds of one task are not independent data sets. baycomp's
+    hierarchical test would use the seeds as within-task samples, but it compiles a Stan model (PyStan and a C++
+    toolchain) the first time it runs, which a report should not need. A probability is the posterior share of
+    samples in which that region is the most probable of the three.
+
+    Raises:
+        BenchError: a negative `rope`; the errors of `paired`.
+    """
+    import baycomp
+
+    if rope < 0:
+        raise BenchError(f"--rope {rope:g}: the region of practical equivalence is a width in points, 0 or more "
+                         f"(default {ROPE:g})")
+    per_task = paired(runs, a, b).groupby([COLUMNS.backbone, COLUMNS.task])[["acc_a", "acc_b"]].mean()
+    # baycomp's left region is x better than y by more than the rope, its right region y better.
+    posterior = baycomp.SignedRankTest(per_task["acc_a"].to_numpy(), per_task["acc_b"].to_numpy(), rope,
+                                       nsamples=samples, random_state=seed)
+    p_a, p_rope, p_b = (float(p) for p in posterior.probs(with_rope=True))
+    return Bayesian(a, b, len(per_task), rope, p_a, p_rope, p_b, threshold)

@@ -29,7 +29,7 @@ def _number(cell: Cell, kind: str, fmt: str) -> str:
         return MISSING[fmt]
     if kind == "count":
         return f"[{cell.mean:.0f}]"
-    if kind == "pct":
+    if kind in ("pct", "rank"):
         return f"{cell.mean:.2f}"
     if kind == "delta":
         return f"{cell.mean:+.2f}"

@@ -168,8 +168,8 @@ def protocol_lines(runs: pd.DataFrame, rows: str = "variant") -> tuple[str, ...]
 
 @dataclass(frozen=True)
 class Column:
-    """`kind`: `acc` (ranked, mean ± std), `pct` (a percentage to two decimals, not ranked: learnable %, a published
-    mean), `count` (the `[n]` column), `gain` (signed points, ± std when it has one, not ranked), `delta` (signed
+    """`kind`: `acc` (mean ± std; ranked in the tables that rank it), `pct` (a percentage to two decimals, not ranked: learnable %, a published
+    mean), `rank` (an average rank to two decimals, not ranked), `count` (the `[n]` column), `gain` (signed points, ± std when it has one, not ranked), `delta` (signed
     points to two decimals, not ranked), `number` (a whole number, not ranked), `verdict` (yes for a true value, no for
     a false one) or `text` (the cell's `text`, left-aligned)."""
 
