@@ -23,6 +23,7 @@ from bench import BenchError
 from bench.backbone import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:
+    from bench.cost import CostModel, StageEstimate
     from bench.scheduler import Plan
     from bench.store import Store
 
@@ -54,6 +55,16 @@ def _seeds(text: str) -> list[int]:
     if not seeds:
         raise argparse.ArgumentTypeError("expected at least one seed, e.g. --seeds 0")
     return seeds
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of hours such as 2 or 0.5, got {text!r}")
+    return hours
 
 
 def _positive(text: str) -> int:
@@ -96,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler address for --backend dask")
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is already done; run nothing")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    run.add_argument("--budget", type=_hours, metavar="HOURS",
+                     help="refuse (exit 2, nothing run) a grid whose predicted device-hours exceed HOURS (docs/cost.md)")
 
     pretrain = sub.add_parser("pretrain", help="pre-train the micro backbone offline (masked autoencoder)")
     pretrain.add_argument("objective", choices=["mae"], help="pre-training objective")
@@ -124,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="measure harness overhead and fast paths as ratios against their slow twins")
     perf.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone to measure (default {DEFAULT_BACKBONE})")
-    perf.add_argument("--out", type=Path, default=Path("results/perf.json"), help="JSON output (default results/perf.json)")
+    perf.add_argument("--out", type=Path, help="JSON output (default results/perf.json; with --calibrate "
+                      "results/calibration.json, which bench run --results results reads)")
+    perf.add_argument("--calibrate", action="store_true", help="instead of the figures: one short run per method kind "
+                      "(about a minute on a CPU with the micro backbone), the basis of bench run --dry-run's estimate")
     perf.add_argument("--quick", action="store_true", help="fewer repeats, epochs and k-means layers (about half the time)")
     perf.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); on a GPU the "
                       "GPU figures are measured too")
@@ -219,6 +235,9 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
     _registries()
     backbone_entry(args.backbone)
     device = resolve_device(args.device)
+    if args.calibrate:
+        return _calibrate(args, device, console)
+    args.out = args.out or Path("results/perf.json")
     figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"),
                        device)
     table = Table(title=f"bench perf · {args.backbone} · a miss within {NOISE_MARGIN:.0%} of its target passes as noise",
@@ -236,6 +255,24 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
                                     "machine": machine, "figures": [f.to_dict() for f in figures]}, indent=1))
     console.print(f"wrote {args.out}", highlight=False)
     return exit_status(figures)
+
+
+def _calibrate(args: argparse.Namespace, device: str, console: Console) -> int:
+    from bench.cost import CALIBRATION, write_calibration
+    from bench.perf import calibrate
+
+    out = args.out or Path("results") / CALIBRATION
+    observations = calibrate(args.backbone, device, lambda name: console.print(f"measuring {name} …", style="dim"))
+    table = Table(title=f"bench perf --calibrate · {args.backbone} · seconds per image", title_justify="left")
+    for column in ("run", "kind", "train", "val", "test", "setup"):
+        table.add_column(column)
+    for o in observations:
+        table.add_row(o.source, o.kind, *(f"{o.seconds[p]:.3g}" if p in o.seconds else "–"
+                                          for p in ("train", "val", "test", "setup")))
+    console.print(table)
+    write_calibration(out, observations)
+    console.print(f"wrote {out} ({observations[0].device if observations else 'nothing measured'})", highlight=False)
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
@@ -373,8 +410,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     execution = Execution(
         store, device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed
     )
+    if args.dry_run or args.budget is not None:
+        stages, model = _estimate(plan, store, device, args.jobs)
+        if args.budget is not None:
+            _check_budget(stages, model, device, args.budget)
     if args.dry_run:
-        return _dry_run(plan, store, console)
+        return _dry_run(plan, store, console, stages, model, device)
 
     with GridDisplay(console) as display:
         result = run_plan(plan, execution, display)
@@ -397,7 +438,47 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 1 if failed else 0
 
 
-def _dry_run(plan: Plan, store: Store, console: Console) -> int:
+def _estimate(plan: Plan, store: Store, device: str, jobs: int) -> tuple[list[StageEstimate], CostModel]:
+    """The plan's predicted cost on `device`, stage by stage, from the store's records and its calibration file."""
+    import torch
+
+    from bench.cost import CALIBRATION, CostModel, Estimator, base_tokens, observations_of, read_calibration
+    from bench.engine import provenance
+    from bench.scheduler import threads_per_worker
+
+    calibration = store.root / CALIBRATION
+    calibrated, day = read_calibration(calibration)
+    records = store.records()
+    model = CostModel(calibrated + observations_of(records), provenance(torch.device(device))["device"],
+                      threads_per_worker(jobs), {b: base_tokens(b) for b in {s.backbone for s in plan.known}},
+                      calibration, day)
+    estimator = Estimator(model, plan.sizes, {r.id for r in records if r.done})
+    stages = []
+    if plan.fixed:
+        stages.append(estimator.stage("runs", [[spec] for spec in plan.fixed]))
+    if plan.tuning:
+        stages.append(estimator.stage("stage 1: tune on val", [[spec] for spec in plan.tuning]))
+        stages.append(estimator.stage("stage 2: train+val -> test", plan.final_candidates()))
+    return stages, model
+
+
+def _check_budget(stages: list[StageEstimate], model: CostModel, device: str, budget: float) -> None:
+    """Refuse, before anything runs, a grid predicted over `budget` hours, or one the model cannot predict in full:
+    a guard that guessed would not guard."""
+    from bench.cost import hours_line
+
+    line = hours_line(stages, model, device.startswith("cuda"))
+    unknown = sum(len(s.unknown) for s in stages)
+    if unknown:
+        raise BenchError(f"--budget {budget:g} h: cannot check, {unknown} run(s) have no basis ({line}); measure "
+                         f"them with bench perf --calibrate --backbone B on this device, or run without --budget")
+    if sum(s.seconds for s in stages) > budget * 3600:
+        raise BenchError(f"--budget {budget:g} h exceeded: predicted {line}; nothing was run. Narrow the grid "
+                         f"(methods, tasks, seeds, --set) or raise --budget")
+
+
+def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstimate], model: CostModel,
+             device: str) -> int:
     table = Table(title="grid (dry run: nothing is executed)", title_justify="left")
     for column in ("stage", "method", "task", "backbone", "seed", "recipe", "hyper-parameters", "pipeline", "status",
                    "id"):
@@ -415,6 +496,16 @@ def _dry_run(plan: Plan, store: Store, console: Console) -> int:
     if plan.tuning:
         line += f"; after tuning, stage 2 trains {plan.selections} selected setting(s) × {len(plan.seeds)} seed(s)"
     console.print(line, highlight=False)
+    from bench.cost import hours, hours_line, no_basis_lines
+
+    for stage in stages:
+        predicted = f"≈ {hours(stage.seconds)} h" + (f" (+{len(stage.unknown)} with no basis)" if stage.unknown else "")
+        console.print(f"{stage.title}: {stage.runs} run(s) to run ({stage.finished} finished), {stage.images:,} "
+                      f"images, {predicted}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"predicted: {hours_line(stages, model, device.startswith('cuda'))}", highlight=False, markup=False,
+                  soft_wrap=True)
+    for line in no_basis_lines(stages):
+        console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

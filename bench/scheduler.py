@@ -27,6 +27,7 @@ from joblib import Parallel, delayed, parallel_config
 from bench import BenchError, recipes
 from bench.atomic import WriteFailed
 from bench.config import RunSpec
+from bench.cost import SplitSizes
 from bench.engine import Caches, run
 from bench.method import METHODS
 from bench.protocol import FIELDS as PROTOCOL_FIELDS
@@ -158,6 +159,7 @@ class Plan:
     tuning: list[RunSpec]
     seeds: list[int]
     swept: frozenset[str] = frozenset()
+    sizes: dict[str, SplitSizes] = field(default_factory=dict)
 
     @property
     def known(self) -> list[RunSpec]:
@@ -168,6 +170,14 @@ class Plan:
     def selections(self) -> int:
         """The settings stage 2 will train, one per group of stage-1 runs."""
         return len({_group(spec) for spec in self.tuning})
+
+    def final_candidates(self) -> list[list[RunSpec]]:
+        """Stage 2's runs before stage 1 has run: per group and seed, the settings it may be trained with."""
+        groups: dict[tuple, list[RunSpec]] = {}
+        for spec in self.tuning:
+            groups.setdefault(_group(spec), []).append(spec)
+        return [[dataclasses.replace(s, seed=seed, stage="final") for s in specs]
+                for specs in groups.values() for seed in self.seeds]
 
 
 def plan_run(request: RunRequest) -> Plan:
@@ -197,10 +207,12 @@ def plan_run(request: RunRequest) -> Plan:
         sweeps["epochs"] = [str(request.epochs)]
     weights = str(request.weights.resolve()) if request.weights else None
     tasks_by_protocol: dict[str, list[str]] = {}
+    sizes = {}
     for name in task_names:
         # Loading reads list files, not images: a missing dataset fails here, before the first run.
         task = TASKS.get(name)
-        caches.tasks.get(task, request.data_root)
+        data = caches.tasks.get(task, request.data_root)
+        sizes[name] = SplitSizes(len(data.train), len(data.val), len(data.test))
         tasks_by_protocol.setdefault(request.protocol or task.protocol, []).append(name)
     grids = {protocol: Grid(method_names, names, request.backbones, request.seeds, sweeps, weights, request.recipe)
              for protocol, names in tasks_by_protocol.items()}
@@ -209,6 +221,7 @@ def plan_run(request: RunRequest) -> Plan:
         tuning=grids["tune"].tuning_specs() if "tune" in grids else [],
         seeds=request.seeds,
         swept=frozenset(sweeps),
+        sizes=sizes,
     )
 
 
