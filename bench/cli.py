@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     run.add_argument("--budget", type=_hours, metavar="HOURS",
                      help="refuse (exit 2, nothing run) a grid whose predicted device-hours exceed HOURS (docs/cost.md)")
+    run.add_argument("--from-tuned", type=Path, metavar="FILE", help="skip stage 1 for the (method, task, backbone, "
+                     "recipe) FILE covers and train stage 2 with its picks (bench report --export-tuned FILE)")
 
     pretrain = sub.add_parser("pretrain", help="pre-train the micro backbone offline (masked autoencoder)")
     pretrain.add_argument("objective", choices=["mae"], help="pre-training objective")
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
     report.add_argument("--published", action="store_true",
                         help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
+    report.add_argument("--export-tuned", type=Path, metavar="FILE", help="instead of the report: write the stage-1 "
+                        "pick per (method, task, backbone, recipe), with its val accuracy and run ids, for --from-tuned")
+    report.add_argument("--cost", nargs="?", const="records", choices=["records", "calibration"],
+                        help="instead of the report: each finished run's recorded seconds beside the cost model's "
+                        "prediction, from the other records and RESULTS/calibration.json (records, the default) or "
+                        "from the calibration alone, as a dry run before the runs predicted them")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
                         "CI; A, B: methods or variants as the summary labels them")
 
@@ -168,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     _registries()  # the task families declare the report's tables: their groups, labels and task order
+    if args.export_tuned is not None:
+        from bench.scheduler import export_tuned
+        from bench.store import Store
+
+        picks = export_tuned(Store(args.results), args.export_tuned)
+        console.print(f"wrote {args.export_tuned}: {len(picks)} pick(s) from the stage-1 runs of {args.results}",
+                      highlight=False)
+        return 0
+    if args.cost is not None:
+        return _cost_check(args.results, args.cost == "records", console)
     from bench.report import build_report, to_rich
 
     pair = None
@@ -191,6 +209,26 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             f"{c.a} − {c.b}: {c.mean:+.2f} points over {c.pairs} (backbone, task, seed) pairs, "
             f"{c.confidence:.0%} bootstrap CI [{c.low:+.2f}, {c.high:+.2f}]", highlight=False, markup=False
         )
+    return 0
+
+
+def _cost_check(results: Path, others: bool, console: Console) -> int:
+    from bench.cost import CALIBRATION, check_records, check_summary, read_calibration
+    from bench.store import Store
+
+    calibration, _ = read_calibration(results / CALIBRATION)
+    checks = check_records(Store(results).records(), calibration, leave_one_out=others)
+    table = Table(title=f"cost model against the records of {results} (seconds of the timed phases)",
+                  title_justify="left")
+    for column in ("run", "stage", "recorded s", "predicted s", "error", "basis"):
+        table.add_column(column)
+    for c in checks:
+        predicted = "–" if c.prediction.seconds is None else f"{c.prediction.seconds:.1f}"
+        error = "–" if c.error is None else f"{c.error:+.0%}"
+        basis = c.prediction.why or f"{len(c.prediction.sources)} observation(s)"
+        table.add_row(c.record.spec.label, c.record.spec.stage, f"{c.recorded:.1f}", predicted, error, basis)
+    console.print(table)
+    console.print(check_summary(checks), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -404,7 +442,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, results=args.results, sets=args.sets,
         backbones=[name.strip() for name in args.backbone.split(",") if name.strip()], epochs=args.epochs,
         weights=args.weights, recipe=args.recipe, protocol=args.protocol, data_root=args.data_root,
-        backend=args.backend, dask_address=args.scheduler,
+        backend=args.backend, dask_address=args.scheduler, tuned=args.from_tuned,
     ))
     store = Store(args.results)
     execution = Execution(
@@ -458,6 +496,7 @@ def _estimate(plan: Plan, store: Store, device: str, jobs: int) -> tuple[list[St
         stages.append(estimator.stage("runs", [[spec] for spec in plan.fixed]))
     if plan.tuning:
         stages.append(estimator.stage("stage 1: tune on val", [[spec] for spec in plan.tuning]))
+    if plan.tuning or plan.picks:
         stages.append(estimator.stage("stage 2: train+val -> test", plan.final_candidates()))
     return stages, model
 
@@ -495,7 +534,9 @@ def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstim
     line = f"{len(plan.known)} run(s)"
     if plan.tuning:
         line += f"; after tuning, stage 2 trains {plan.selections} selected setting(s) × {len(plan.seeds)} seed(s)"
-    console.print(line, highlight=False)
+    if plan.picks:
+        line += f", {len(plan.picked_finals)} of them with the picks of {plan.tuned} (stage 1 skipped there)"
+    console.print(line, highlight=False, soft_wrap=True)
     from bench.cost import hours, hours_line, no_basis_lines
 
     for stage in stages:

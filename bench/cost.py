@@ -553,3 +553,18 @@ def no_basis_lines(stages: Sequence[StageEstimate]) -> list[str]:
             by_why.setdefault(p.why, []).append(p.work.spec.label)
     return [f"no basis for {len(labels)} run(s) ({why}): {', '.join(labels[:3])}{' …' if len(labels) > 3 else ''}"
             for why, labels in by_why.items()]
+
+
+def check_summary(checks: Sequence[Check]) -> str:
+    """One line: how close the predictions came to the recorded seconds."""
+    errors = [c.error for c in checks if c.error is not None]
+    missing = len(checks) - len(errors)
+    if not errors:
+        return f"{len(checks)} run(s), none with a basis to predict from"
+    predicted = sum(c.prediction.seconds for c in checks if c.error is not None)
+    recorded = sum(c.recorded for c in checks if c.error is not None)
+    within = sum(abs(e) <= 0.25 for e in errors) / len(errors)
+    line = (f"{len(errors)} run(s) predicted: median |error| {statistics.median(map(abs, errors)):.1%}, "
+            f"{within:.0%} within 25%, total predicted {predicted / 3600:.3g} h against {recorded / 3600:.3g} h "
+            f"recorded ({predicted / recorded - 1:+.1%})")
+    return line + (f"; {missing} with no basis" if missing else "")

@@ -170,11 +170,15 @@ class RunRecord:
     data_path: list[dict[str, Any]] | None = _doc("which decode-cache entries the splits read or built (with the "
                                                   "first pass's cost), or why they read files", default=None)
     provenance: Provenance | None = _doc("the code, libraries and device the run ran on", default=None)
+    hparams_from: dict[str, Any] | None = _doc("final-stage runs: where the hyper-parameters came from: `from` "
+                                               "(`stage 1`, or `tuned file` for `bench run --from-tuned`), the "
+                                               "stage-1 `run` picked and its `val_acc`, and the `file`; absent "
+                                               "otherwise and in older records", default=None)
     error: str | None = _doc("failed runs: the error, one line", default=None)
     traceback: str | None = _doc("failed runs: the last frames of the traceback", default=None)
 
     # Fields a version-1 record may lack, written back only when present.
-    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol"})
+    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol", "hparams_from"})
     _FAILED_FIELDS: ClassVar[tuple[str, ...]] = ("id", "spec", "status", "schema_version", "error", "traceback")
 
     @classmethod
@@ -240,6 +244,7 @@ class RunRecord:
             wallclock=section("wallclock", WallClock), cpu_share=section("cpu_share", CpuShare),
             throughput=section("throughput", Throughput), memory=section("memory", Memory),
             data_path=data.get("data_path"), provenance=section("provenance", Provenance),
+            hparams_from=data.get("hparams_from"),
             error=data.get("error"), traceback=data.get("traceback"),
         )
 
