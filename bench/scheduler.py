@@ -253,23 +253,34 @@ def _covered(picks: dict[Cell, Pick], tuning: list[RunSpec], path: Path) -> dict
 
 
 def export_tuned(store: Store, path: Path) -> list[Pick]:
-    """Write the stage-1 choice of every cell with a finished stage-1 run in `store`, chosen as stage 2 chooses
-    (`select_best`) among every such run of the cell, to `path`; returns the picks.
+    """Write the stage-1 choice of every cell with a finished stage-1 run in `store` to `path`; returns the picks.
+
+    The choice is the one stage 2 trained, where the store holds its final runs; otherwise it is made as stage 2
+    makes it (`select_best`), among every finished stage-1 run of the cell (runs tied on val accuracy and learning
+    rate, which stage 2 tells apart by the grid's order, go to the first by run id).
 
     Raises:
         BenchError: the store holds no finished stage-1 run.
     """
-    tuned = [r for r in store.records() if r.done and r.spec.stage == "tune" and r.val_acc is not None]
+    records = [r for r in store.records() if r.done]
+    tuned = [r for r in records if r.spec.stage == "tune" and r.val_acc is not None]
     if not tuned:
         raise BenchError(f"--export-tuned: {store.runs} holds no finished stage-1 (tune) run; run a grid with the "
                          "tune protocol first (bench run --protocol tune)")
     by_cell: dict[Cell, list[RunSpec]] = {}
     for record in tuned:
         by_cell.setdefault(cell(record.spec), []).append(record.spec)
+    # A final run is its stage-1 setting with another seed and stage: the stage-1 run it was trained from.
+    trained = {dataclasses.replace(r.spec, seed=s.seed, stage="tune").run_id
+               for r in records if r.spec.stage == "final" for s in by_cell.get(cell(r.spec), [])[:1]}
     picks = []
     for specs in by_cell.values():
-        best, _ = select_best(specs, store)
-        (winner,) = best.values()
+        chosen = [spec for spec in specs if spec.run_id in trained]
+        if len(chosen) == 1:
+            (winner,) = chosen
+        else:
+            best, _ = select_best(specs, store)
+            (winner,) = best.values()
         picks.append(Pick(winner, store.read(winner.run_id).val_acc, sorted(s.run_id for s in specs)))
     write_picks(path, picks, store.root)
     return picks
