@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is already done; run nothing")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     run.add_argument("--budget", type=_hours, metavar="HOURS",
-                     help="refuse (exit 2, nothing run) a grid whose predicted device-hours exceed HOURS (docs/cost.md)")
+                     help="refuse (exit 2, nothing run) a grid predicted to need more device-hours (docs/cost.md)")
     run.add_argument("--from-tuned", type=Path, metavar="FILE", help="skip stage 1 for the (method, task, backbone, "
                      "recipe) FILE covers and train stage 2 with its picks (bench report --export-tuned FILE)")
 
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--published", action="store_true",
                         help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
     report.add_argument("--export-tuned", type=Path, metavar="FILE", help="instead of the report: write the stage-1 "
-                        "pick per (method, task, backbone, recipe), with its val accuracy and run ids, for --from-tuned")
+                        "pick per (method, task, backbone, recipe), its val accuracy and run ids, for --from-tuned")
     report.add_argument("--cost", nargs="?", const="records", choices=["records", "calibration"],
                         help="instead of the report: each finished run's recorded seconds beside the cost model's "
                         "prediction, from the other records and RESULTS/calibration.json (records, the default) or "
@@ -481,7 +481,7 @@ def _estimate(plan: Plan, store: Store, device: str, jobs: int) -> tuple[list[St
     import torch
 
     from bench.cost import CALIBRATION, CostModel, Estimator, base_tokens, observations_of, read_calibration
-    from bench.engine import provenance
+    from bench.engine import CODE_COMMIT, provenance
     from bench.scheduler import threads_per_worker
 
     calibration = store.root / CALIBRATION
@@ -489,7 +489,7 @@ def _estimate(plan: Plan, store: Store, device: str, jobs: int) -> tuple[list[St
     records = store.records()
     model = CostModel(calibrated + observations_of(records), provenance(torch.device(device))["device"],
                       threads_per_worker(jobs), {b: base_tokens(b) for b in {s.backbone for s in plan.known}},
-                      calibration, day)
+                      commit=CODE_COMMIT, calibration=calibration, calibrated_on=day)
     estimator = Estimator(model, plan.sizes, {r.id for r in records if r.done})
     stages = []
     if plan.fixed:
@@ -540,7 +540,8 @@ def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstim
     from bench.cost import hours, hours_line, no_basis_lines
 
     for stage in stages:
-        predicted = f"≈ {hours(stage.seconds)} h" + (f" (+{len(stage.unknown)} with no basis)" if stage.unknown else "")
+        unknown = f" (+{len(stage.unknown)} with no basis)" if stage.unknown else ""
+        predicted = f"≈ {hours(stage.seconds)} h{unknown}"
         console.print(f"{stage.title}: {stage.runs} run(s) to run ({stage.finished} finished), {stage.images:,} "
                       f"images, {predicted}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"predicted: {hours_line(stages, model, device.startswith('cuda'))}", highlight=False, markup=False,

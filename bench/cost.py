@@ -232,6 +232,7 @@ class Observation:
     Attributes:
         source: `record <id>` or `calibration <file>`.
         extra_tokens: the run's extra tokens, to scale to another run's.
+        commit: the code that ran it (`Provenance.git_commit`): the harness's own speed changes between versions.
     """
 
     method: str
@@ -243,13 +244,14 @@ class Observation:
     extra_tokens: int
     seconds: dict[str, float]
     source: str
+    commit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Observation:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def observe(record: RunRecord, sizes: SplitSizes | None = None) -> Observation | None:
@@ -281,7 +283,7 @@ def observe(record: RunRecord, sizes: SplitSizes | None = None) -> Observation |
         return None
     return Observation(record.spec.method, work.kind, record.spec.backbone, record.provenance.device,
                        record.provenance.torch_threads, work.batch, work.extra_tokens, seconds,
-                       f"record {record.id}")
+                       f"record {record.id}", record.provenance.git_commit)
 
 
 def _recorded_sizes(record: RunRecord) -> SplitSizes | None:
@@ -308,6 +310,7 @@ class CostModel:
     Attributes:
         device: the device name as records write it (`Provenance.device`).
         threads: torch threads a run will get (a CPU's speed depends on them; preferred, not required).
+        commit: the code the runs will run (observations of the same code are preferred).
         base_tokens: per backbone, the tokens of an image before a method adds any (patches, class and registers).
     """
 
@@ -315,6 +318,7 @@ class CostModel:
     device: str
     threads: int
     base_tokens: dict[str, int]
+    commit: str | None = None
     calibration: Path | None = None
     calibrated_on: str | None = None
     _by_family: dict[tuple[str, str], list[Observation]] = field(default_factory=dict, init=False, repr=False)
@@ -344,14 +348,14 @@ class CostModel:
 
     def _closest(self, family: list[Observation], work: Work, phases: tuple[str, ...]
                  ) -> tuple[float, list[str]] | None:
-        """Median seconds per item of the observations closest to `work` (same method, then same batch, then same
-        threads), scaled to its tokens; the first of `phases` any of them measured."""
+        """Median seconds per item of the observations closest to `work` (same method, then same code, same batch,
+        same threads), scaled to its tokens; the first of `phases` any of them measured."""
         for phase in phases:
             having = [obs for obs in family if phase in obs.seconds]
             if not having:
                 continue
-            score = lambda obs: (obs.method == work.spec.method, obs.batch == work.batch,  # noqa: E731
-                                 obs.threads == self.threads)
+            score = lambda obs: (obs.method == work.spec.method, obs.commit == self.commit,  # noqa: E731
+                                 obs.batch == work.batch, obs.threads == self.threads)
             best = max(map(score, having))
             chosen = [obs for obs in having if score(obs) == best]
             values = [obs.seconds[phase] * self._token_scale(work, obs, phase) for obs in chosen]
@@ -420,7 +424,7 @@ def check_records(records: Sequence[RunRecord], calibration: list[Observation], 
         paid = "setup" in observed[record.id].seconds
         work = work_of(record.spec, sizes, pays_features=paid)
         model = CostModel(calibration + others, record.provenance.device, record.provenance.torch_threads,
-                          {record.spec.backbone: base_tokens(record.spec.backbone)})
+                          {record.spec.backbone: base_tokens(record.spec.backbone)}, record.provenance.git_commit)
         recorded = clock.prompt_construction + clock.feature_cache + clock.train + clock.eval + clock.probe
         checks.append(Check(record, recorded, model.predict(work)))
     return checks

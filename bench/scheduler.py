@@ -246,8 +246,8 @@ def _covered(picks: dict[Cell, Pick], tuning: list[RunSpec], path: Path) -> dict
     if not covered:
         held = sorted({" · ".join(map(str, key[:4])) for key in picks})
         wanted = sorted({" · ".join(map(str, key[:4])) for key in cells})
-        raise BenchError(f"--from-tuned {path} covers none of this grid's tuned (method · task · backbone · recipe): "
-                         f"it holds {', '.join(held[:3]) or 'nothing'}{' …' if len(held) > 3 else ''}; the grid "
+        raise BenchError(f"--from-tuned {path} covers none of the (method · task · backbone · recipe) this grid "
+                         f"tunes: it holds {', '.join(held[:3]) or 'nothing'}{' …' if len(held) > 3 else ''}; the grid "
                          f"tunes {', '.join(wanted[:3]) or 'nothing'}{' …' if len(wanted) > 3 else ''}")
     return covered
 
