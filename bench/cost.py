@@ -273,10 +273,9 @@ def observe(record: RunRecord, sizes: SplitSizes | None = None) -> Observation |
              "setup": clock.feature_cache + clock.prompt_construction, "probe": clock.probe}
     seconds = {phase: spent[phase] / work.images[phase] for phase in PHASES
                if work.images[phase] > 0 and spent[phase] > 0}
-    # Seconds per image of a no-grad pass: a feature pass faster than a share of it read a cache.
-    nograd = seconds.get("test", seconds.get("val"))
-    if work.kind == "frozen":
-        nograd = seconds.get("test")
+    # Seconds per image of a no-grad pass over images (a frozen trunk's val pass reads features): a feature pass
+    # faster than a share of it read a cache.
+    nograd = seconds.get("test") if work.kind == "frozen" else seconds.get("test", seconds.get("val"))
     if "setup" in seconds and nograd is not None and seconds["setup"] < CACHE_HIT_SHARE * nograd:
         del seconds["setup"]
     if "train" not in seconds:

@@ -196,10 +196,11 @@ def test_leave_one_out_on_the_committed_tune_study_predicts_every_run_within_25_
 
 
 def _calibrate_tiny(results: Path, backbone: str) -> None:
-    """A calibration measured here, on the tiny backbone (the runs of `bench perf --calibrate`)."""
-    from bench.perf import calibrate
-
-    write_calibration(results / CALIBRATION, calibrate(backbone, "cpu"))
+    """A calibration measured here, on the tiny backbone, by `bench perf --calibrate`."""
+    out = results / CALIBRATION
+    assert main(["perf", "--calibrate", "--backbone", backbone, "--device", "cpu", "--out", str(out)]) == 0
+    kinds = {o["kind"]: o["method"] for o in json.loads(out.read_text())["observations"]}
+    assert kinds == representatives()
 
 
 def test_dry_run_prints_images_and_hours_per_stage_and_the_total_with_its_basis(
