@@ -115,19 +115,20 @@ def _context(split: Any, protocol: dict[str, Any]) -> BuildContext:
 def _shape(method: str, hparams: str, protocol: str) -> Shape:
     entry = METHODS.get(method)
     config = entry.config_cls.from_overrides(json.loads(hparams))
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (SHAPE_IMAGES, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    split = TensorSplit(images, torch.arange(SHAPE_IMAGES) % 2)
-    ctx = _context(split, json.loads(protocol))
-    backbone_params = {id(p) for p in ctx.backbone.model.parameters()}
+    ctx = _context(None, json.loads(protocol))
+    size = ctx.backbone.input_size
+    images = torch.randint(0, 256, (SHAPE_IMAGES, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    ctx = dataclasses.replace(ctx, train=TensorSplit(images, torch.arange(SHAPE_IMAGES) % 2))
+    # The backbone's own weights, before the method adds any (peft injects its layers into the model).
+    weights = list(ctx.backbone.model.parameters())
     adapted = entry.build(config, ctx)
     if adapted.trunk_frozen:
         kind = "frozen"
     elif adapted.extra_tokens > 0:
         kind = "prompts"
     else:
-        learning = [p for p in ctx.backbone.model.parameters() if p.requires_grad]
-        kind = "full" if len(learning) == len(backbone_params) else "adapters"
+        kind = "full" if all(p.requires_grad for p in weights) else "adapters"
     return Shape(kind, adapted.extra_tokens, adapted.probe is not None)
 
 

@@ -247,9 +247,12 @@ def _covered(picks: dict[Cell, Pick], tuning: list[RunSpec], path: Path) -> dict
         held = sorted({" · ".join(map(str, key[:4])) for key in picks})
         wanted = sorted({" · ".join(map(str, key[:4])) for key in cells})
         raise BenchError(f"--from-tuned {path} covers none of the (method · task · backbone · recipe) this grid "
-                         f"tunes: it holds {', '.join(held[:3]) or 'nothing'}{' …' if len(held) > 3 else ''}; the grid "
-                         f"tunes {', '.join(wanted[:3]) or 'nothing'}{' …' if len(wanted) > 3 else ''}")
+                         f"tunes: it holds {_few(held)}; the grid tunes {_few(wanted)}")
     return covered
+
+
+def _few(names: list[str]) -> str:
+    return (", ".join(names[:3]) or "nothing") + (" …" if len(names) > 3 else "")
 
 
 def export_tuned(store: Store, path: Path) -> list[Pick]:
@@ -270,9 +273,10 @@ def export_tuned(store: Store, path: Path) -> list[Pick]:
     by_cell: dict[Cell, list[RunSpec]] = {}
     for record in tuned:
         by_cell.setdefault(cell(record.spec), []).append(record.spec)
-    # A final run is its stage-1 setting with another seed and stage: the stage-1 run it was trained from.
-    trained = {dataclasses.replace(r.spec, seed=s.seed, stage="tune").run_id
-               for r in records if r.spec.stage == "final" for s in by_cell.get(cell(r.spec), [])[:1]}
+    # A final run is a stage-1 setting with another seed and stage: that stage-1 run is the one stage 2 chose.
+    seeds = {key: {spec.seed for spec in specs} for key, specs in by_cell.items()}
+    trained = {dataclasses.replace(r.spec, seed=seed, stage="tune").run_id
+               for r in records if r.spec.stage == "final" for seed in seeds.get(cell(r.spec), ())}
     picks = []
     for specs in by_cell.values():
         chosen = [spec for spec in specs if spec.run_id in trained]
@@ -318,12 +322,11 @@ def run_plan(plan: Plan, execution: Execution, progress: GridEvents) -> PlanResu
         if plan.tuning:
             result.outcomes += execute(plan.tuning, execution, progress, "stage 1: tune on val").outcomes
             best, result.unselectable = select_best(plan.tuning, execution.store)
-        origins = {}
-        for spec in best.values():
-            origin = {"from": "stage 1", "run": spec.run_id, "val_acc": execution.store.read(spec.run_id).val_acc}
-            origins.update({final.run_id: origin for final in final_specs({0: spec}, plan.seeds)})
-        for pick in plan.picks.values():
-            origins.update({final.run_id: pick.origin(plan.tuned) for final in final_specs({0: pick.spec}, plan.seeds)})
+        # Where each final run's setting came from, for its record: this stage 1, or the picks file.
+        chosen = [(spec, {"from": "stage 1", "run": spec.run_id, "val_acc": execution.store.read(spec.run_id).val_acc})
+                  for spec in best.values()]
+        chosen += [(pick.spec, pick.origin(plan.tuned)) for pick in plan.picks.values()]
+        origins = {final.run_id: origin for spec, origin in chosen for final in final_specs({0: spec}, plan.seeds)}
         finals = final_specs(best, plan.seeds) + plan.picked_finals
         result.outcomes += execute(finals, execution, progress, "stage 2: train+val -> test", origins).outcomes
         result.reported += finals
