@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone to measure (default {DEFAULT_BACKBONE})")
     perf.add_argument("--out", type=Path, help="JSON output (default results/perf.json; with --calibrate "
                       "results/calibration.json, which bench run --results results reads)")
-    perf.add_argument("--calibrate", action="store_true", help="instead of the figures: one short run per method kind "
-                      "(a few minutes on 2 CPU cores with the micro backbone), the basis of bench run --dry-run's estimate")
+    perf.add_argument("--calibrate", action="store_true", help="instead of the figures: one short run per method "
+                      "kind (a few minutes on 2 CPU cores with the micro backbone), the basis of bench run --dry-run's "
+                      "estimate")
     perf.add_argument("--quick", action="store_true", help="fewer repeats, epochs and k-means layers (about half the time)")
     perf.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); on a GPU the "
                       "GPU figures are measured too")
