@@ -25,6 +25,7 @@ from bench.backbone import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:
     from bench.config import RunSpec
+    from bench.cost import CostModel, StageEstimate
     from bench.scheduler import Plan
     from bench.store import Store
 
@@ -56,6 +57,16 @@ def _seeds(text: str) -> list[int]:
     if not seeds:
         raise argparse.ArgumentTypeError("expected at least one seed, e.g. --seeds 0")
     return seeds
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of hours such as 2 or 0.5, got {text!r}")
+    return hours
 
 
 def _positive(text: str) -> int:
@@ -118,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["peft"], required=True,
                         help="peft: `PeftModel.from_pretrained(vit, DIR)` loads it (peft-built methods only)")
     export.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
+    run.add_argument("--budget", type=_hours, metavar="HOURS",
+                     help="refuse (exit 2, nothing run) a grid predicted to need more device-hours (docs/cost.md)")
+    run.add_argument("--from-tuned", type=Path, metavar="FILE", help="skip stage 1 for the (method, task, backbone, "
+                     "recipe) FILE covers and train stage 2 with its picks (bench report --export-tuned FILE)")
 
     pretrain = sub.add_parser("pretrain", help="pre-train the micro backbone offline (masked autoencoder)")
     pretrain.add_argument("objective", choices=["mae"], help="pre-training objective")
@@ -135,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="tex,md,csv", help="comma list of tex, md, csv (default all)")
     report.add_argument("--published", action="store_true",
                         help="print published numbers (bench/report/published.csv) beside this run's: paper, this run, difference")
+    report.add_argument("--export-tuned", type=Path, metavar="FILE", help="instead of the report: write the stage-1 "
+                        "pick per (method, task, backbone, recipe), its val accuracy and run ids, for --from-tuned")
+    report.add_argument("--cost", nargs="?", const="records", choices=["records", "calibration"],
+                        help="instead of the report: each finished run's recorded seconds beside the cost model's "
+                        "prediction, from the other records and RESULTS/calibration.json (records, the default) or "
+                        "from the calibration alone, as a dry run before the runs predicted them")
     report.add_argument("--compare", metavar="A,B", help="paired difference A − B over tasks and seeds, bootstrap "
                         "CI, a Bayesian signed-rank test over tasks and, from saved predictions, McNemar's test and a "
                         "bootstrap image by image; A, B: methods or variants as the summary labels them")
@@ -151,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="measure harness overhead and fast paths as ratios against their slow twins")
     perf.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone to measure (default {DEFAULT_BACKBONE})")
-    perf.add_argument("--out", type=Path, default=Path("results/perf.json"), help="JSON output (default results/perf.json)")
+    perf.add_argument("--out", type=Path, help="JSON output (default results/perf.json; with --calibrate "
+                      "results/calibration.json, which bench run --results results reads)")
+    perf.add_argument("--calibrate", action="store_true", help="instead of the figures: one short run per method "
+                      "kind (a few minutes on 2 CPU cores with the micro backbone), the basis of bench run --dry-run's "
+                      "estimate")
     perf.add_argument("--quick", action="store_true", help="fewer repeats, epochs and k-means layers (about half the time)")
     perf.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); on a GPU the "
                       "GPU figures are measured too")
@@ -206,6 +231,16 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     _registries()  # the task families declare the report's tables: their groups, labels and task order
+    if args.export_tuned is not None:
+        from bench.scheduler import export_tuned
+        from bench.store import Store
+
+        picks = export_tuned(Store(args.results), args.export_tuned)
+        console.print(f"wrote {args.export_tuned}: {len(picks)} pick(s) from the stage-1 runs of {args.results}",
+                      highlight=False)
+        return 0
+    if args.cost is not None:
+        return _cost_check(args.results, args.cost == "records", console)
     from bench.report import ROPE, build_report, to_rich
 
     pair = None
@@ -256,6 +291,26 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cost_check(results: Path, others: bool, console: Console) -> int:
+    from bench.cost import CALIBRATION, check_records, check_summary, read_calibration
+    from bench.store import Store
+
+    calibration, _ = read_calibration(results / CALIBRATION)
+    checks = check_records(Store(results).records(), calibration, leave_one_out=others)
+    table = Table(title=f"cost model against the records of {results} (seconds of the timed phases)",
+                  title_justify="left")
+    for column in ("run", "stage", "recorded s", "predicted s", "error", "basis"):
+        table.add_column(column)
+    for c in checks:
+        predicted = "–" if c.prediction.seconds is None else f"{c.prediction.seconds:.1f}"
+        error = "–" if c.error is None else f"{c.error:+.0%}"
+        basis = c.prediction.why or f"{len(c.prediction.sources)} observation(s)"
+        table.add_row(c.record.spec.label, c.record.spec.stage, f"{c.recorded:.1f}", predicted, error, basis)
+    console.print(table)
+    console.print(check_summary(checks), highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     _registries()
     from bench.check import DEFAULT_BASELINE, DEFAULT_TOLERANCE, run_check
@@ -297,6 +352,9 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
     _registries()
     backbone_entry(args.backbone)
     device = resolve_device(args.device)
+    if args.calibrate:
+        return _calibrate(args, device, console)
+    args.out = args.out or Path("results/perf.json")
     figures = run_perf(args.backbone, args.quick, lambda name: console.print(f"measuring {name} …", style="dim"),
                        device)
     table = Table(title=f"bench perf · {args.backbone} · a miss within {NOISE_MARGIN:.0%} of its target passes as noise",
@@ -314,6 +372,24 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
                                     "machine": machine, "figures": [f.to_dict() for f in figures]}, indent=1))
     console.print(f"wrote {args.out}", highlight=False)
     return exit_status(figures)
+
+
+def _calibrate(args: argparse.Namespace, device: str, console: Console) -> int:
+    from bench.cost import CALIBRATION, write_calibration
+    from bench.perf import calibrate
+
+    out = args.out or Path("results") / CALIBRATION
+    observations = calibrate(args.backbone, device, lambda name: console.print(f"measuring {name} …", style="dim"))
+    table = Table(title=f"bench perf --calibrate · {args.backbone} · seconds per image", title_justify="left")
+    for column in ("run", "kind", "train", "val", "test", "setup"):
+        table.add_column(column)
+    for o in observations:
+        table.add_row(o.source, o.kind, *(f"{o.seconds[p]:.3g}" if p in o.seconds else "–"
+                                          for p in ("train", "val", "test", "setup")))
+    console.print(table)
+    write_calibration(out, observations)
+    console.print(f"wrote {out} ({observations[0].device if observations else 'nothing measured'})", highlight=False)
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
@@ -450,15 +526,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, results=args.results, sets=args.sets,
         backbones=[name.strip() for name in args.backbone.split(",") if name.strip()], epochs=args.epochs,
         weights=args.weights, recipe=args.recipe, protocol=args.protocol, data_root=args.data_root,
-        backend=args.backend, dask_address=args.scheduler,
+        backend=args.backend, dask_address=args.scheduler, tuned=args.from_tuned,
     ))
     store = Store(args.results)
     execution = Execution(
         store, device, args.jobs, args.backend, args.scheduler, args.data_root, args.retry_failed,
         args.retry_artifacts, args.save_full,
     )
+    if args.dry_run or args.budget is not None:
+        stages, model = _estimate(plan, store, device, args.jobs)
+        if args.budget is not None:
+            _check_budget(stages, model, device, args.budget)
     if args.dry_run:
-        return _dry_run(plan, store, console)
+        return _dry_run(plan, store, console, stages, model, device)
 
     with GridDisplay(console) as display:
         result = run_plan(plan, execution, display)
@@ -485,7 +565,48 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 1 if failed else 0
 
 
-def _dry_run(plan: Plan, store: Store, console: Console) -> int:
+def _estimate(plan: Plan, store: Store, device: str, jobs: int) -> tuple[list[StageEstimate], CostModel]:
+    """The plan's predicted cost on `device`, stage by stage, from the store's records and its calibration file."""
+    import torch
+
+    from bench.cost import CALIBRATION, CostModel, Estimator, base_tokens, observations_of, read_calibration
+    from bench.engine import CODE_COMMIT, provenance
+    from bench.scheduler import threads_per_worker
+
+    calibration = store.root / CALIBRATION
+    calibrated, day = read_calibration(calibration)
+    records = store.records()
+    model = CostModel(calibrated + observations_of(records), provenance(torch.device(device))["device"],
+                      threads_per_worker(jobs), {b: base_tokens(b) for b in {s.backbone for s in plan.known}},
+                      commit=CODE_COMMIT, calibration=calibration, calibrated_on=day)
+    estimator = Estimator(model, plan.sizes, {r.id for r in records if r.done})
+    stages = []
+    if plan.fixed:
+        stages.append(estimator.stage("runs", [[spec] for spec in plan.fixed]))
+    if plan.tuning:
+        stages.append(estimator.stage("stage 1: tune on val", [[spec] for spec in plan.tuning]))
+    if plan.tuning or plan.picks:
+        stages.append(estimator.stage("stage 2: train+val -> test", plan.final_candidates()))
+    return stages, model
+
+
+def _check_budget(stages: list[StageEstimate], model: CostModel, device: str, budget: float) -> None:
+    """Refuse, before anything runs, a grid predicted over `budget` hours, or one the model cannot predict in full:
+    a guard that guessed would not guard."""
+    from bench.cost import hours_line
+
+    line = hours_line(stages, model, device.startswith("cuda"))
+    unknown = sum(len(s.unknown) for s in stages)
+    if unknown:
+        raise BenchError(f"--budget {budget:g} h: cannot check, {unknown} run(s) have no basis ({line}); measure "
+                         f"them with bench perf --calibrate --backbone B on this device, or run without --budget")
+    if sum(s.seconds for s in stages) > budget * 3600:
+        raise BenchError(f"--budget {budget:g} h exceeded: predicted {line}; nothing was run. Narrow the grid "
+                         f"(methods, tasks, seeds, --set) or raise --budget")
+
+
+def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstimate], model: CostModel,
+             device: str) -> int:
     from bench.artifacts import disk_bytes, human_bytes, missing
 
     table = Table(title="grid (dry run: nothing is executed)", title_justify="left")
@@ -511,12 +632,25 @@ def _dry_run(plan: Plan, store: Store, console: Console) -> int:
     if plan.tuning:
         line += (f"; after tuning, stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
                  f"({'--seeds' if plan.seeds is not None else 'the final seeds of each recipe'})")
+    if plan.picks:
+        line += f", {len(plan.picked_finals)} of them with the picks of {plan.tuned} (stage 1 skipped there)"
     # The budget per method, which a fair comparison gives every method alike (`--recipe shared`).
     if plan.fixed:
         line += f"\nfixed runs per task: {_per_task(plan.fixed)}"
     if plan.tuning:
         line += f"\nstage-1 grid points per task: {_per_task(plan.tuning)}"
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, soft_wrap=True)
+    from bench.cost import hours, hours_line, no_basis_lines
+
+    for stage in stages:
+        unknown = f" (+{len(stage.unknown)} with no basis)" if stage.unknown else ""
+        predicted = f"≈ {hours(stage.seconds)} h{unknown}"
+        console.print(f"{stage.title}: {stage.runs} run(s) to run ({stage.finished} finished), {stage.images:,} "
+                      f"images, {predicted}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"predicted: {hours_line(stages, model, device.startswith('cuda'))}", highlight=False, markup=False,
+                  soft_wrap=True)
+    for line in no_basis_lines(stages):
+        console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

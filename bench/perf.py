@@ -16,7 +16,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +30,7 @@ from bench import engine, recipes
 from bench.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from bench.cache import TensorCache
 from bench.config import RunSpec
+from bench.cost import Observation
 from bench.data import TASKS, Preprocess
 from bench.decoded import DataPath, DecodeCache
 from bench.kmeans import inertia, kmeans
@@ -635,6 +636,28 @@ def device_figures(device: torch.device, quick: bool, work: Path) -> list[Figure
     figures += engine_vs_bare(root, VIT_B, device, 1 if quick else 2)
     figures.append(jobs_on_one_device(work, "cuda", (1, 4), ["linear", "vpt-deep", "spt-deep"], ["micro"], 2))
     return figures
+
+
+# (8) calibration of the cost model (bench.cost) ---------------------------------------------------------------------
+
+CALIBRATION_EPOCHS = 2
+
+
+def calibrate(backbone: str, device: str, progress: Callable[[str], None] = lambda _: None) -> list[Observation]:
+    """One short run per method kind (`bench.cost.representatives`) on the micro task `TASK`, through the engine on
+    `device`: the seconds per image of each of its passes, for `bench run --dry-run` to predict from. The second
+    epoch's speed counts as much as the first's; the first run of each kind also pays the backbone's copy."""
+    from bench.cost import observe, representatives
+
+    caches = engine.Caches()
+    observations = []
+    for kind, method in representatives().items():
+        progress(f"calibration: {kind} ({method})")
+        spec = _spec(method, backbone, CALIBRATION_EPOCHS)
+        observation = observe(engine.run(spec, device, caches=caches))
+        if observation is not None:
+            observations.append(replace(observation, source=f"calibration {kind} ({method})"))
+    return observations
 
 
 def run_perf(

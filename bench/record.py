@@ -182,11 +182,15 @@ class RunRecord:
         "and the head; full fine-tuning only with `--save-full`), `init` (tensors a method constructed from the data "
         "before training: SPT's prompts), `predictions` (per test image: label, prediction, confidence, logits or "
         "top-5); absent in records older than this field", default=None)
+    hparams_from: dict[str, Any] | None = _doc("final-stage runs: where the hyper-parameters came from: `from` "
+                                               "(`stage 1`, or `tuned file` for `bench run --from-tuned`), the "
+                                               "stage-1 `run` picked and its `val_acc`, and the `file`; absent "
+                                               "otherwise and in older records", default=None)
     error: str | None = _doc("failed runs: the error, one line", default=None)
     traceback: str | None = _doc("failed runs: the last frames of the traceback", default=None)
 
     # Fields a version-1 record may lack, written back only when present.
-    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol", "artifacts"})
+    _OMITTED_WHEN_NULL: ClassVar[frozenset[str]] = frozenset({"cpu_share", "protocol", "artifacts", "hparams_from"})
     _FAILED_FIELDS: ClassVar[tuple[str, ...]] = ("id", "spec", "status", "schema_version", "error", "traceback")
 
     @classmethod
@@ -259,6 +263,7 @@ class RunRecord:
             data_path=data.get("data_path"), provenance=section("provenance", Provenance),
             artifacts=None if artifacts is None else {key: ArtifactFile.from_dict(file, f"artifacts.{key}")
                                                       for key, file in artifacts.items()},
+            hparams_from=data.get("hparams_from"),
             error=data.get("error"), traceback=data.get("traceback"),
         )
 

@@ -27,11 +27,13 @@ from joblib import Parallel, delayed, parallel_config
 from bench import BenchError, artifacts, recipes
 from bench.atomic import WriteFailed
 from bench.config import RunSpec
+from bench.cost import SplitSizes
 from bench.engine import Caches, run_with_outputs
 from bench.method import METHODS
 from bench.protocol import FIELDS as PROTOCOL_FIELDS
 from bench.record import RunRecord
 from bench.store import Store
+from bench.picks import Cell, Pick, cell, read_picks, write_picks
 
 PROTOCOLS = ("tune", "fixed")
 
@@ -148,6 +150,7 @@ class RunRequest:
     data_root: Path | None = None
     backend: str = "loky"
     dask_address: str | None = None
+    tuned: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -164,16 +167,34 @@ class Plan:
     tuning: list[RunSpec]
     seeds: list[int] | None
     swept: frozenset[str] = frozenset()
+    sizes: dict[str, SplitSizes] = field(default_factory=dict)
+    picks: dict[Cell, Pick] = field(default_factory=dict)
+    tuned: Path | None = None
 
     @property
     def known(self) -> list[RunSpec]:
-        """Every run known before anything executes (stage 2's depend on stage 1's results)."""
-        return self.fixed + self.tuning
+        """Every run known before anything executes (stage 2's depend on stage 1's results, or on `--from-tuned`
+        picks)."""
+        return self.fixed + self.tuning + self.picked_finals
 
     @property
     def selections(self) -> int:
-        """The settings stage 2 will train, one per group of stage-1 runs."""
-        return len({_group(spec) for spec in self.tuning})
+        """The settings stage 2 will train, one per group of stage-1 runs and one per pick."""
+        return len({_group(spec) for spec in self.tuning}) + len(self.picks)
+
+    @property
+    def picked_finals(self) -> list[RunSpec]:
+        """Stage 2's runs of the cells `--from-tuned` covers."""
+        return final_specs({key: pick.spec for key, pick in self.picks.items()}, self.seeds)
+
+    def final_candidates(self) -> list[list[RunSpec]]:
+        """Stage 2's runs before stage 1 has run: per group and seed, the settings it may be trained with."""
+        groups: dict[tuple, list[RunSpec]] = {}
+        for spec in self.tuning:
+            groups.setdefault(_group(spec), []).append(spec)
+        return [[dataclasses.replace(s, seed=seed, stage="final") for s in specs]
+                for specs in groups.values() for seed in recipes.final_seeds(specs[0].recipe, self.seeds)] \
+            + [[spec] for spec in self.picked_finals]
 
     @property
     def final_runs(self) -> int:
@@ -209,21 +230,79 @@ def plan_run(request: RunRequest) -> Plan:
         sweeps["epochs"] = [str(request.epochs)]
     weights = str(request.weights.resolve()) if request.weights else None
     tasks_by_protocol: dict[str, list[str]] = {}
+    sizes = {}
     for name in task_names:
         # Loading reads list files, not images: a missing dataset fails here, before the first run.
         task = TASKS.get(name)
-        caches.tasks.get(task, request.data_root)
+        data = caches.tasks.get(task, request.data_root)
+        sizes[name] = SplitSizes(len(data.train), len(data.val), len(data.test))
         tasks_by_protocol.setdefault(request.protocol or task.protocol, []).append(name)
     # Without --seeds, fixed runs and stage 1 take the default seed: the ids they always had.
     seeds = request.seeds if request.seeds is not None else list(recipes.DEFAULT_SEEDS)
     grids = {protocol: Grid(method_names, names, request.backbones, seeds, sweeps, weights, request.recipe)
              for protocol, names in tasks_by_protocol.items()}
+    tuning = grids["tune"].tuning_specs() if "tune" in grids else []
+    picks = _covered(read_picks(request.tuned), tuning, request.tuned) if request.tuned is not None else {}
     return Plan(
         fixed=grids["fixed"].fixed_specs() if "fixed" in grids else [],
-        tuning=grids["tune"].tuning_specs() if "tune" in grids else [],
+        tuning=[spec for spec in tuning if cell(spec) not in picks],
         seeds=request.seeds,
         swept=frozenset(sweeps),
+        sizes=sizes,
+        picks=picks,
+        tuned=request.tuned,
     )
+
+
+def _covered(picks: dict[Cell, Pick], tuning: list[RunSpec], path: Path) -> dict[Cell, Pick]:
+    """The picks of the cells this plan tunes; a file that covers none of them is a mistake worth one line."""
+    cells = {cell(spec) for spec in tuning}
+    covered = {key: pick for key, pick in picks.items() if key in cells}
+    if not covered:
+        held = sorted({" · ".join(map(str, key[:4])) for key in picks})
+        wanted = sorted({" · ".join(map(str, key[:4])) for key in cells})
+        raise BenchError(f"--from-tuned {path} covers none of the (method · task · backbone · recipe) this grid "
+                         f"tunes: it holds {_few(held)}; the grid tunes {_few(wanted)}")
+    return covered
+
+
+def _few(names: list[str]) -> str:
+    return (", ".join(names[:3]) or "nothing") + (" …" if len(names) > 3 else "")
+
+
+def export_tuned(store: Store, path: Path) -> list[Pick]:
+    """Write the stage-1 choice of every cell with a finished stage-1 run in `store` to `path`; returns the picks.
+
+    The choice is the one stage 2 trained, where the store holds its final runs; otherwise it is made as stage 2
+    makes it (`select_best`), among every finished stage-1 run of the cell (runs tied on val accuracy and learning
+    rate, which stage 2 tells apart by the grid's order, go to the first by run id).
+
+    Raises:
+        BenchError: the store holds no finished stage-1 run.
+    """
+    records = [r for r in store.records() if r.done]
+    tuned = [r for r in records if r.spec.stage == "tune" and r.val_acc is not None]
+    if not tuned:
+        raise BenchError(f"--export-tuned: {store.runs} holds no finished stage-1 (tune) run; run a grid with the "
+                         "tune protocol first (bench run --protocol tune)")
+    by_cell: dict[Cell, list[RunSpec]] = {}
+    for record in tuned:
+        by_cell.setdefault(cell(record.spec), []).append(record.spec)
+    # A final run is a stage-1 setting with another seed and stage: that stage-1 run is the one stage 2 chose.
+    seeds = {key: {spec.seed for spec in specs} for key, specs in by_cell.items()}
+    trained = {dataclasses.replace(r.spec, seed=seed, stage="tune").run_id
+               for r in records if r.spec.stage == "final" for seed in seeds.get(cell(r.spec), ())}
+    picks = []
+    for specs in by_cell.values():
+        chosen = [spec for spec in specs if spec.run_id in trained]
+        if len(chosen) == 1:
+            (winner,) = chosen
+        else:
+            best, _ = select_best(specs, store)
+            (winner,) = best.values()
+        picks.append(Pick(winner, store.read(winner.run_id).val_acc, sorted(s.run_id for s in specs)))
+    write_picks(path, picks, store.root)
+    return picks
 
 
 def check_writable(results: Path) -> None:
@@ -253,11 +332,18 @@ def run_plan(plan: Plan, execution: Execution, progress: GridEvents) -> PlanResu
     if plan.fixed:
         result.outcomes += execute(plan.fixed, execution, progress, "runs").outcomes
         result.reported += plan.fixed
-    if plan.tuning:
-        result.outcomes += execute(plan.tuning, execution, progress, "stage 1: tune on val").outcomes
-        best, result.unselectable = select_best(plan.tuning, execution.store)
-        finals = final_specs(best, plan.seeds)
-        result.outcomes += execute(finals, execution, progress, "stage 2: train+val -> test").outcomes
+    if plan.tuning or plan.picks:
+        best: dict[tuple, RunSpec] = {}
+        if plan.tuning:
+            result.outcomes += execute(plan.tuning, execution, progress, "stage 1: tune on val").outcomes
+            best, result.unselectable = select_best(plan.tuning, execution.store)
+        # Where each final run's setting came from, for its record: this stage 1, or the picks file.
+        chosen = [(spec, {"from": "stage 1", "run": spec.run_id, "val_acc": execution.store.read(spec.run_id).val_acc})
+                  for spec in best.values()]
+        chosen += [(pick.spec, pick.origin(plan.tuned)) for pick in plan.picks.values()]
+        origins = {final.run_id: origin for spec, origin in chosen for final in final_specs({0: spec}, plan.seeds)}
+        finals = final_specs(best, plan.seeds) + plan.picked_finals
+        result.outcomes += execute(finals, execution, progress, "stage 2: train+val -> test", origins).outcomes
         result.reported += finals
     return result
 
@@ -312,8 +398,10 @@ class GridResult:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
-def execute(specs: list[RunSpec], execution: Execution, progress: GridEvents, title: str = "runs") -> GridResult:
-    """Run every spec not already finished; each run writes its own record (done or failed) where it executes."""
+def execute(specs: list[RunSpec], execution: Execution, progress: GridEvents, title: str = "runs",
+            origins: dict[str, dict[str, Any]] | None = None) -> GridResult:
+    """Run every spec not already finished; each run writes its own record (done or failed) where it executes.
+    `origins`: by run id, where a final run's hyper-parameters came from (its record's `hparams_from`)."""
     pending = [spec for spec in specs if not execution.finished(spec)]
     progress.grid_started(title, len(specs), len(specs) - len(pending))
     result = GridResult([Outcome(spec, "skipped") for spec in specs if spec not in pending])
@@ -322,7 +410,9 @@ def execute(specs: list[RunSpec], execution: Execution, progress: GridEvents, ti
     in_process = execution.backend == "loky" and execution.jobs == 1
     threads = None if execution.backend == "dask" else threads_per_worker(execution.jobs)
     calls = (
-        delayed(_execute_one)(spec, execution, threads, progress if in_process else None) for spec in pending
+        delayed(_execute_one)(spec, execution, threads, progress if in_process else None,
+                              (origins or {}).get(spec.run_id))
+        for spec in pending
     )
     with _parallel_backend(execution):
         # joblib runs a single job in the calling process; on Dask, every pending run is a job for the cluster to
@@ -363,7 +453,8 @@ def _parallel_backend(execution: Execution) -> Iterator[None]:
         yield
 
 
-def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks: GridEvents | None) -> Outcome:
+def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks: GridEvents | None,
+                 origin: dict[str, Any] | None = None) -> Outcome:
     lock = FileLock(str(execution.store.root / "locks" / f"{spec.run_id}.lock"))
     (execution.store.root / "locks").mkdir(parents=True, exist_ok=True)
     try:
@@ -388,6 +479,7 @@ def _execute_one(spec: RunSpec, execution: Execution, threads: int | None, hooks
         try:
             record, outputs = run_with_outputs(spec, device=_device(execution), on_epoch=on_epoch,
                                                data_root=execution.data_root, caches=_caches(execution.store.root))
+            record = dataclasses.replace(record, hparams_from=origin)
             # Written before the record that names them: a run killed in between leaves no record, so it reruns.
             record = artifacts.keep(execution.store.root, record, outputs.learned, outputs.initial,
                                     outputs.predictions, outputs.whole_backbone, execution.save_full)
