@@ -286,17 +286,21 @@ def load_tensors(results: Path, record: RunRecord, name: str) -> tuple[dict[str,
                             f"tensors ({exc}); {REGENERATE}") from None
 
 
-def missing(results: Path, record: RunRecord) -> str | None:
+def missing(results: Path, record: RunRecord, hash_files: bool = True) -> str | None:
     """Why a finished run's artifacts need regenerating (`bench run --retry-artifacts`), or None when every file its
-    record names is there, whole."""
+    record names is there, whole. Without `hash_files`, only sizes are checked: a dry run lists a whole store, and
+    hashing every file of it (a full fine-tuning run's backbone among them) would take minutes."""
     if record.artifacts is None:
         return "recorded before runs kept artifacts"
     for name, entry in record.artifacts.items():
         path = Path(results) / entry.path
-        if not path.is_file():
-            return f"{name} missing"
-        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
-            return f"{name} corrupt"
+        try:
+            if not path.is_file():
+                return f"{name} missing"
+            if path.stat().st_size != entry.bytes or (hash_files and sha256_file(path) != entry.sha256):
+                return f"{name} corrupt"
+        except OSError as exc:
+            return f"{name} unreadable ({exc.strerror})"
     return None
 
 

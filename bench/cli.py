@@ -103,12 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "sees a GPU, else cpu; records say which ran)")
     run.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
     run.add_argument("--protocol", choices=["tune", "fixed"],
-                     help="tune: search on val, then train+val -> test over seeds; fixed: the given hyper-parameters "
+                     help="tune: search on val, then train(+val) -> test over seeds; fixed: the given hyper-parameters "
                           "(default: each task's own, tune for FGVC/VTAB, fixed for the micro suite)")
     run.add_argument("--jobs", type=_positive, default=1, help="local worker processes (default 1)")
     run.add_argument("--backend", choices=["loky", "dask"], default="loky", help="joblib backend (default loky)")
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler address for --backend dask")
-    run.add_argument("--dry-run", action="store_true", help="print the grid and what is already done; run nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the grid, what is already done and its predicted hours (docs/cost.md); run nothing")
+    run.add_argument("--budget", type=_hours, metavar="HOURS",
+                     help="refuse (exit 2, nothing run) a grid predicted to need more device-hours (docs/cost.md)")
+    run.add_argument("--from-tuned", type=Path, metavar="FILE", help="skip stage 1 for the (method, task, backbone, "
+                     "recipe) FILE covers and train stage 2 with its picks (bench report --export-tuned FILE)")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     run.add_argument("--retry-artifacts", action="store_true",
                      help="rerun finished runs whose artifacts are missing or corrupt (or that predate artifacts)")
@@ -129,10 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["peft"], required=True,
                         help="peft: `PeftModel.from_pretrained(vit, DIR)` loads it (peft-built methods only)")
     export.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
-    run.add_argument("--budget", type=_hours, metavar="HOURS",
-                     help="refuse (exit 2, nothing run) a grid predicted to need more device-hours (docs/cost.md)")
-    run.add_argument("--from-tuned", type=Path, metavar="FILE", help="skip stage 1 for the (method, task, backbone, "
-                     "recipe) FILE covers and train stage 2 with its picks (bench report --export-tuned FILE)")
 
     pretrain = sub.add_parser("pretrain", help="pre-train the micro backbone offline (masked autoencoder)")
     pretrain.add_argument("objective", choices=["mae"], help="pre-training objective")
@@ -492,9 +493,11 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def _print_recipes(registry: Any, console: Console) -> None:
     """Every value a recipe sets, per scope (task family and/or backbone objective), its departures from the
     reference code, and the reference file each value comes from."""
+    from bench.recipes import DEFAULT_SEEDS
+
     for entry in registry.entries():
         recipe = entry.obj
-        seeds = ", ".join(map(str, recipe.final_seeds)) or "--seeds"
+        seeds = ", ".join(map(str, recipe.final_seeds or DEFAULT_SEEDS)) + " unless --seeds"
         table = Table(title=f"{entry.name}: applies to {', '.join(recipe.methods)}; default for "
                             f"{', '.join(recipe.default_for) or 'none'}; warm-up {recipe.warmup_fraction} of epochs; "
                             f"final-stage seeds {seeds}", title_justify="left")
@@ -620,7 +623,7 @@ def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstim
         files = ""
         if record is not None and record.done:
             # What --retry-artifacts would regenerate, or what the run's files take on disk.
-            files = missing(store.root, record) or human_bytes(disk_bytes(record))
+            files = missing(store.root, record, hash_files=False) or human_bytes(disk_bytes(record))
             kept += disk_bytes(record)
         # Every resolved value: the hyper-parameters, and the pipeline where it is not the harness's own.
         hparams = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
@@ -629,8 +632,8 @@ def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstim
                       hparams, pipeline, status, files, spec.run_id)
     console.print(table)
     line = f"{len(plan.known)} run(s)" + (f"; their artifacts take {human_bytes(kept)}" if kept else "")
-    if plan.tuning:
-        line += (f"; after tuning, stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
+    if plan.tuning or plan.picks:
+        line += (f"; stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
                  f"({'--seeds' if plan.seeds is not None else 'the final seeds of each recipe'})")
     if plan.picks:
         line += f", {len(plan.picked_finals)} of them with the picks of {plan.tuned} (stage 1 skipped there)"

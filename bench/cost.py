@@ -29,10 +29,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from bench import BenchError
+from bench.atomic import replacing
 from bench.backbone import LoadedBackbones, backbone_entry
 from bench.config import RunSpec, TrainConfig
 from bench.data import TASKS, Preprocess, TensorSplit
-from bench.engine import steps_in_epoch
+from bench.engine import steps_in_epoch, trains_on_val
 from bench.method import METHODS, BuildContext
 from bench.protocol import Protocol
 from bench.record import RunRecord
@@ -189,9 +190,9 @@ def work_of(spec: RunSpec, sizes: SplitSizes, pays_features: bool = True) -> Wor
     shape = method_shape(spec)
     config = METHODS.get(spec.method).config_cls.from_overrides(spec.hparams)
     pipeline = Protocol.from_values(spec.protocol)
-    train = sizes.train + sizes.val if spec.stage == "final" else sizes.train
+    train = sizes.train + sizes.val if trains_on_val(spec.stage, pipeline) else sizes.train
     scores_val = spec.stage != "final"
-    epochs = config.epochs or TASKS.get(spec.task).epochs
+    epochs = (config.epochs or TASKS.get(spec.task).epochs) + config.cooldown_epochs
     steps = steps_in_epoch(train, config.batch_size, pipeline.drop_last)
     images = {
         "train": epochs * min(train, steps * config.batch_size),
@@ -211,8 +212,9 @@ def feature_group(spec: RunSpec) -> tuple[Any, ...]:
     """What a frozen trunk's features depend on (`bench.engine.prepare`'s cache key, less what one grid holds
     fixed): the runs of a group after the first read them from the cache."""
     hparams = {k: v for k, v in spec.hparams.items() if k in ("batch_size", "feature_norm")}
-    return (spec.method, spec.task, spec.backbone, spec.weights, spec.stage == "final", _hparams_key(hparams),
-            _hparams_key(spec.protocol))
+    return (spec.method, spec.task, spec.backbone, spec.weights,
+            trains_on_val(spec.stage, Protocol.from_values(spec.protocol)), spec.stage == "final",
+            _hparams_key(hparams), _hparams_key(spec.protocol))
 
 
 def works(specs: Sequence[RunSpec], sizes: dict[str, SplitSizes]) -> list[Work]:
@@ -459,9 +461,9 @@ def write_calibration(path: Path, observations: list[Observation]) -> None:
     kept, _ = read_calibration(path)
     fresh = {(o.backbone, o.device) for o in observations}
     merged = [o for o in kept if (o.backbone, o.device) not in fresh] + observations
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": date.today().isoformat(),
-                                "observations": [o.to_dict() for o in merged]}, indent=1))
+    with replacing(path, "the calibration") as temporary:
+        temporary.write_text(json.dumps({"date": date.today().isoformat(),
+                                         "observations": [o.to_dict() for o in merged]}, indent=1))
 
 
 def observations_of(records: Iterable[RunRecord]) -> list[Observation]:

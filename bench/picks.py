@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
+from bench.atomic import replacing
 from bench.config import RunSpec
 from bench.method import METHODS
 
@@ -54,10 +55,10 @@ class Pick:
 
 
 def write_picks(path: Path, picks: list[Pick], results: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "results": str(results),
             "picks": [pick.to_dict() for pick in sorted(picks, key=lambda p: cell(p.spec))]}
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    with replacing(path, "the tuning picks") as temporary:
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def read_picks(path: Path) -> dict[Cell, Pick]:

@@ -17,8 +17,9 @@ objective, the recipe's values for the method (`method_values`: VPT-deep's promp
 under `shared`), then the user's `--set` (which also sets protocol values: `--set precision=auto`). A method that a
 recipe is the default for (`default_for`) runs under it unless `--recipe` names another one or `none` (the config
 defaults).
-Epochs stay the task's (100 on FGVC and VTAB-1k, as both references train); a recipe's warm-up is a fraction of them
-(10 of 100 epochs in both references), so a shorter task keeps the reference's shape of schedule.
+Epochs stay the task's (100 on FGVC and VTAB-1k, as the references train); a recipe's warm-up is a fraction of them
+(`warmup_fraction`: 10 of 100 epochs in most references, 20 in AdaptFormer's), so a shorter task keeps the reference's
+shape of schedule.
 """
 
 from __future__ import annotations
@@ -363,7 +364,7 @@ RECIPES.register(
         warmup_fraction=0.1,
         sources={
             "lr, weight_decay, batch_size, epochs": f"{_NOAH} configs/LoRA/VTAB/slurm_train_lora_vtab.sh:12 "
-                "WEIGHT_DECAY=0.0001, :21 LR 0.001, :36 --batch-size=64 --epochs=100",
+                "WEIGHT_DECAY=0.0001, :22 LR 0.001, :36 --batch-size=64 --epochs=100",
             "optimizer": f"{_NOAH} supernet_train_prompt.py:74 --opt adamw, :365 timm create_optimizer (1-D "
                          "tensors undecayed)",
             "min_lr, warm-up, warmup_lr": f"{_NOAH} supernet_train_prompt.py:98 --warmup-lr 1e-6, :100 --min-lr "
@@ -388,7 +389,7 @@ RECIPES.register(
             "precision": f"{_NOAH} supernet_train_prompt.py:188-190 --amp off by default; the scripts do not pass it",
             "final_seeds": f"{_NOAH} supernet_train_prompt.py:170 --seed 0, one run",
             "backbone": f"{_NOAH} README.md:67 the original in21k ViT-B_16.npz: --backbone sup21k-vit-b16",
-            "search": "none in the reference (slurm_train_lora_vtab.sh:21 one LR); the tune grid brackets it by a "
+            "search": "none in the reference (slurm_train_lora_vtab.sh:22 one LR); the tune grid brackets it by a "
                       "factor of 2",
         },
         departures=(

@@ -198,9 +198,11 @@ class Plan:
 
     @property
     def final_runs(self) -> int:
-        """The runs stage 2 will train: each selection once per final seed of its recipe (or `--seeds`)."""
+        """The runs stage 2 will train: each selection once per final seed of its recipe (or `--seeds`), the picks'
+        included."""
         recipe_of = {_group(spec): spec.recipe for spec in self.tuning}
-        return sum(len(recipes.final_seeds(recipe, self.seeds)) for recipe in recipe_of.values())
+        return sum(len(recipes.final_seeds(recipe, self.seeds)) for recipe in recipe_of.values()) \
+            + len(self.picked_finals)
 
 
 def plan_run(request: RunRequest) -> Plan:
@@ -256,13 +258,28 @@ def plan_run(request: RunRequest) -> Plan:
 
 def _covered(picks: dict[Cell, Pick], tuning: list[RunSpec], path: Path) -> dict[Cell, Pick]:
     """The picks of the cells this plan tunes; a file that covers none of them is a mistake worth one line."""
-    cells = {cell(spec) for spec in tuning}
+    cells: dict[Cell, list[RunSpec]] = {}
+    for spec in tuning:
+        cells.setdefault(cell(spec), []).append(spec)
     covered = {key: pick for key, pick in picks.items() if key in cells}
     if not covered:
         held = sorted({" · ".join(map(str, key[:4])) for key in picks})
         wanted = sorted({" · ".join(map(str, key[:4])) for key in cells})
         raise BenchError(f"--from-tuned {path} covers none of the (method · task · backbone · recipe) this grid "
                          f"tunes: it holds {_few(held)}; the grid tunes {_few(wanted)}")
+    for key, pick in covered.items():
+        # A pick stands for this grid's stage 1 only where it was tuned as this grid would tune: the values the grid
+        # holds fixed (`--epochs`, `--set` of one value, the recipe's) and the pipeline must be the pick's.
+        specs = cells[key]
+        fixed = {k: v for k, v in specs[0].hparams.items() if all(s.hparams.get(k) == v for s in specs)}
+        differ = [f"{k}={pick.spec.hparams.get(k)} (this grid: {v})" for k, v in fixed.items()
+                  if pick.spec.hparams.get(k) != v]
+        if pick.spec.protocol != specs[0].protocol:
+            differ.append(f"pipeline {pick.spec.protocol or 'harness'} (this grid: {specs[0].protocol or 'harness'})")
+        if differ:
+            raise BenchError(f"--from-tuned {path}: the pick for {' · '.join(map(str, key[:4]))} was tuned with "
+                             f"{', '.join(differ)}; drop --from-tuned to tune this grid, or run it as the pick was "
+                             "tuned")
     return covered
 
 

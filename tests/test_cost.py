@@ -356,6 +356,14 @@ def test_a_picks_file_for_other_cells_is_one_line_naming_both(tuned, tmp_path, c
     assert "covers none" in err and "linear · sprites-loc" in err and "linear · digits" in err
 
 
+def test_a_pick_tuned_under_other_fixed_values_is_one_line_not_a_silent_override(tuned, tmp_path, capsys):
+    _, picks = tuned
+    other = [a if a != "1" else "2" for a in MICRO_TUNE]  # --epochs 2: the pick was tuned at 1
+    assert main(["run", *other, "--results", str(tmp_path), "--from-tuned", str(picks), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was tuned with epochs=1 (this grid: 2)" in err
+
+
 def test_export_tuned_of_a_store_without_stage_1_runs_is_one_line(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path), "--export-tuned", str(tmp_path / "p.json")]) == 2
     assert "holds no finished stage-1" in capsys.readouterr().err

@@ -645,7 +645,7 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
     out = _flat(capsys.readouterr().out)
     # Stage 1 only: lr(2) × the linear search's weight decays, first seed; stage 2 is announced, not listed.
     n = 2 * len(METHODS.get("linear").search["weight_decay"])
-    assert f"{n} run(s); after tuning, stage 2 trains 1 selected setting(s) in 2 run(s) (--seeds)" in out
+    assert f"{n} run(s); stage 2 trains 1 selected setting(s) in 2 run(s) (--seeds)" in out
     assert f"stage-1 grid points per task: linear {n}" in out
     assert "final" not in out and sorted(p.relative_to(results) for p in results.rglob("*")) == before
 

@@ -119,7 +119,7 @@ def test_a_task_scope_wins_over_family_and_objective_and_set_wins_over_it():
 
 def test_noah_resolves_the_lora_baselines_values():
     hparams = resolve_hparams("lora", "cifar100", "sup21k-vit-b16", "noah", {})
-    # configs/LoRA/VTAB/slurm_train_lora_vtab.sh:12,21,36; supernet_train_prompt.py:59,74,100,107,207.
+    # configs/LoRA/VTAB/slurm_train_lora_vtab.sh:12,22,36; supernet_train_prompt.py:59,74,100,107,207.
     expected = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, batch_size=64, epochs=100, min_lr=1e-5,
                     warmup_epochs=10, drop_path=0.1, rank=8, alpha=8.0, targets="qkv", dropout=0.1, init="noah",
                     lr_step="epoch")

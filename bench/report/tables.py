@@ -168,10 +168,11 @@ def protocol_lines(runs: pd.DataFrame, rows: str = "variant") -> tuple[str, ...]
 
 @dataclass(frozen=True)
 class Column:
-    """`kind`: `acc` (mean ± std; ranked in the tables that rank it), `pct` (a percentage to two decimals, not ranked: learnable %, a published
-    mean), `rank` (an average rank to two decimals, not ranked), `count` (the `[n]` column), `gain` (signed points, ± std when it has one, not ranked), `delta` (signed
-    points to two decimals, not ranked), `number` (a whole number, not ranked), `verdict` (yes for a true value, no for
-    a false one) or `text` (the cell's `text`, left-aligned)."""
+    """`kind`: `acc` (mean ± std; ranked in the tables that rank it), `pct` (a percentage to two decimals, not
+    ranked: learnable %, a published mean), `rank` (an average rank to two decimals, not ranked), `count` (the `[n]`
+    column), `gain` (signed points, ± std when it has one, not ranked), `delta` (signed points to two decimals, not
+    ranked), `number` (a whole number, not ranked), `verdict` (yes for a true value, no for a false one) or `text`
+    (the cell's `text`, left-aligned)."""
 
     key: str
     label: str
@@ -194,6 +195,7 @@ class Table:
     rows: list[tuple[str, str, dict[str, Cell]]]  # (backbone, variant, cells by column key)
     spans: list[tuple[str, int]] = field(default_factory=list)  # group header over the first acc columns
     protocol: tuple[str, ...] = ()  # the label lines `protocol_lines` gives, under the caption
+
 
 def _over_seeds(values: pd.Series) -> Cell:
     """Mean and sample std (n − 1) of one value per seed; no std from a single seed."""
