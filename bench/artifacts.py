@@ -276,7 +276,7 @@ def load_tensors(results: Path, record: RunRecord, name: str) -> tuple[dict[str,
     """Artifact `name` of `record`'s run as tensors (on the CPU), with its header's metadata; checked as
     `read_artifact` checks."""
     why = ""
-    if name == LEARNED and record.params is not None and record.params.learnable_without_head >= record.params.backbone:
+    if name == LEARNED and record.params is not None and record.params.whole_backbone:
         why = " (it learned the whole backbone, which a run keeps only with `bench run --save-full`)"
     data, header = read_artifact(results, record, name, why)
     try:

@@ -178,8 +178,7 @@ def run_with_outputs(
     fitted = fit(prepared, on_epoch)
     test_acc, test_seconds, predictions = evaluate(prepared)
     done = record(prepared, fitted, test_acc, test_seconds)
-    whole_backbone = done.params.learnable_without_head >= done.params.backbone
-    return done, Outputs(learned_tensors(prepared.adapted), prepared.initial, predictions, whole_backbone)
+    return done, Outputs(learned_tensors(prepared.adapted), prepared.initial, predictions, done.params.whole_backbone)
 
 
 def learned_tensors(adapted: Adapted) -> dict[str, torch.Tensor]:
@@ -198,10 +197,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     pipeline = Protocol.from_values(spec.protocol)
     task = TASKS.get(spec.task)
     data_path = DataPath(caches.decoded)
-    data = caches.tasks.get(task, data_root)
-    if pipeline.transforms != "task":
-        data = through_pipelines(data, PIPELINES.get(pipeline.transforms))
-    data = data.with_data_path(data_path)
+    data = pipeline_data(caches.tasks.get(task, data_root), pipeline).with_data_path(data_path)
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val (or on
     # train, `final_train=train`: VPT's FGVC) and is the only stage that reads test; `fixed` trains on train, follows
     # val and reports test.
@@ -211,8 +207,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     backbone = caches.backbones.get(spec.backbone, spec.weights, drop_path=config.drop_path)
-    if pipeline.pool_norm == "fresh":
-        fresh_pool_norm(backbone.model)
+    pipeline_backbone(backbone, pipeline)
     backbone.model.to(dev)
     preprocess = Preprocess(backbone.input_size, *pipeline.mean_std(backbone.mean, backbone.std)).to(dev)
     if _is_cuda(dev):
@@ -228,9 +223,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     # Taken before anything trains them, on the CPU: the artifact of what the method built from the data.
     initial = {name: t.detach().to("cpu", copy=True) for name, t in adapted.trunk.named_parameters(prefix="trunk")
                if t.requires_grad} if adapted.constructed else {}
-    if pipeline.head_init != Protocol.head_init:
-        # Drawn after the build, from the global RNG the build left: the default head's draws stay where they were.
-        adapted = replace(adapted, head=init_head(adapted.head, pipeline.head_init))
+    adapted = pipeline_head(adapted, pipeline)
     adapted.trunk.to(dev)
     adapted.head.to(dev)
     probe_batch = None
@@ -263,6 +256,25 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     return Prepared(spec, config, pipeline, dev, task, data, train_split, backbone, backbone_info, preprocess, adapted,
                     _learnable(adapted), generator, model, prepare_batch, train_batches, val_batches, probe_batch,
                     timers, data_path, initial)
+
+
+def pipeline_data(data: TaskData, pipeline: Protocol) -> TaskData:
+    """The task's splits through the pipeline's images: the family's own, or a reference's named pipeline."""
+    return data if pipeline.transforms == "task" else through_pipelines(data, PIPELINES.get(pipeline.transforms))
+
+
+def pipeline_backbone(backbone: Backbone, pipeline: Protocol) -> None:
+    """What the pipeline changes in the backbone before it is described and adapted: VPT's fresh pooling norm."""
+    if pipeline.pool_norm == "fresh":
+        fresh_pool_norm(backbone.model)
+
+
+def pipeline_head(adapted: Adapted, pipeline: Protocol) -> Adapted:
+    """`adapted` with the head the pipeline trains. Drawn after the build, from the global RNG the build left, so
+    the default head's draws stay where they were; a `bn-` head gets a BatchNorm before it."""
+    if pipeline.head_init == Protocol.head_init:
+        return adapted
+    return replace(adapted, head=init_head(adapted.head, pipeline.head_init))
 
 
 def fit(p: Prepared, on_epoch: EpochCallback | None = None) -> Fitted:

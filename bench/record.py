@@ -64,6 +64,11 @@ class ParamCounts(_Section):
     learnable_pct: float = _doc("`learnable` as % of `backbone`")
     learnable_without_head_pct: float = _doc("`learnable_without_head` as % of `backbone`")
 
+    @property
+    def whole_backbone(self) -> bool:
+        """The run learned every backbone parameter (full fine-tuning): its learned tensors are a whole backbone."""
+        return self.learnable_without_head >= self.backbone
+
 
 @dataclass(frozen=True)
 class WallClock(_Section):

@@ -6,7 +6,7 @@ the method's structure over it, the learned tensors loaded strictly), `rescore` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +16,11 @@ from torch import nn
 from bench import BenchError
 from bench.artifacts import LEARNED, ArtifactError, load_predictions, load_tensors, read_record
 from bench.atomic import replacing
-from bench.backbone import Backbone, fresh_pool_norm, load_backbone
+from bench.backbone import Backbone, load_backbone
 from bench.data import TASKS, LoadedTasks, Preprocess
-from bench.engine import _accuracy, learned_tensors, predictions_of
-from bench.imagefiles import through_pipelines
+from bench.engine import _accuracy, learned_tensors, pipeline_backbone, pipeline_data, pipeline_head, predictions_of
 from bench.method import METHODS, BuildContext
-from bench.protocol import PIPELINES, Protocol, init_head
+from bench.protocol import Protocol
 from bench.record import RunRecord
 
 SPLITS = ("test", "val")
@@ -64,18 +63,15 @@ def load_run(results: str | Path, run_id: str, device: str = "cpu") -> Tuned:
     config = method.config_cls.from_overrides(spec.hparams)
     pipeline = Protocol.from_values(spec.protocol)
     backbone = load_backbone(spec.backbone, spec.weights, drop_path=config.drop_path)
-    if pipeline.pool_norm == "fresh":
-        fresh_pool_norm(backbone.model)  # before the check: the engine described the backbone with it
+    pipeline_backbone(backbone, pipeline)  # before the check: the engine described the backbone after it
     _check_backbone(record, backbone)
     preprocess = Preprocess(backbone.input_size, *pipeline.mean_std(backbone.mean, backbone.std))
     # No training split: the method builds its structure only (SPT skips its construction); the learned tensors,
     # the head's included, are loaded over whatever it drew.
     ctx = BuildContext(backbone, TASKS.get(spec.task).num_classes, None, preprocess,
                        torch.Generator().manual_seed(spec.seed), torch.device("cpu"), pipeline=pipeline)
-    adapted = method.build(config, ctx)
-    if pipeline.head_init != Protocol.head_init:
-        # The head the engine trained (a BatchNorm before it for `bn-`); its draws are overwritten by the load.
-        adapted = replace(adapted, head=init_head(adapted.head, pipeline.head_init))
+    # The head the engine trained; its draws are overwritten by the load.
+    adapted = pipeline_head(method.build(config, ctx), pipeline)
     expected = {name: tuple(t.shape) for name, t in learned_tensors(adapted).items()}
     found = {name: tuple(t.shape) for name, t in learned.items()}
     if found != expected:
@@ -144,9 +140,7 @@ def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | N
                          "use --split val")
     config = METHODS.get(spec.method).config_cls.from_overrides(spec.hparams)
     pipeline = Protocol.from_values(spec.protocol)
-    data = LoadedTasks().get(TASKS.get(spec.task), data_root)
-    if pipeline.transforms != "task":
-        data = through_pipelines(data, PIPELINES.get(pipeline.transforms))
+    data = pipeline_data(LoadedTasks().get(TASKS.get(spec.task), data_root), pipeline)
     images = data.test if split == "test" else data.val
     dev = torch.device(device)
     scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
