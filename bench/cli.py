@@ -26,7 +26,7 @@ from bench.backbone import DEFAULT_BACKBONE
 if TYPE_CHECKING:
     from bench.config import RunSpec
     from bench.cost import CostModel, StageEstimate
-    from bench.scheduler import Plan
+    from bench.scheduler import Execution, Plan
     from bench.store import Store
 
 # The first table a new user sees shows what the harness is for: a prompt method against its two baselines (raw
@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the learned tensors of runs that learn the whole backbone (full fine-tuning); "
                           "by default they keep only their predictions")
 
-    evaluate = sub.add_parser("eval", help="re-score a run's saved parameters and check the accuracy it reproduces")
-    evaluate.add_argument("run_id", metavar="RUN_ID", help="the run's id (`bench run --dry-run` lists them)")
+    evaluate = sub.add_parser("eval", help="re-score runs' saved parameters and check the accuracy they reproduce")
+    evaluate.add_argument("run_ids", metavar="RUN_ID", nargs="*", help="runs' ids (`bench run --dry-run` lists them)")
+    evaluate.add_argument("--tasks", help="also every finished run of these tasks in RESULTS that kept its learned "
+                          "tensors (comma list, aliases, globs), e.g. after fetching the data again")
     evaluate.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
     evaluate.add_argument("--split", choices=["test", "val"], default="test", help="split to score (default test)")
     evaluate.add_argument("--data-root", type=Path, help="folder holding FGVC/VTAB datasets (default $BENCH_DATA)")
@@ -204,21 +206,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    """Exit 0 when every run scored reproduced its record, 1 when one did not, 2 when one could not be scored (or
+    nothing was selected)."""
     from bench.store import warn_stderr
-    from bench.tuned import rescore
+    from bench.tuned import LoadedTasks, rescore, runs_of_tasks
 
-    r = rescore(args.results, args.run_id, args.split, args.data_root, resolve_device(args.device), warn_stderr)
-    changed = "" if r.changed is None else f", {r.changed} of {r.images} test predictions differ from the saved ones"
-    if r.recorded_on is not None and r.recorded_on.split(":")[0] != r.scored_on.split(":")[0]:
-        changed += f" (the run ran on {r.recorded_on}, this on {r.scored_on}: pass --device to score where it ran)"
-    if r.recorded is None:
-        console.print(f"{args.run_id} {r.split}: {r.accuracy:.2f}% over {r.images} images; its record holds no "
-                      f"{r.split} accuracy to compare with{changed}", highlight=False)
-        return 0
-    verdict = "reproduced" if r.reproduced else "NOT reproduced"
-    console.print(f"{args.run_id} {r.split}: {r.accuracy:.2f}% now, {r.recorded:.2f}% recorded: {verdict} "
-                  f"(tolerance one image, {r.tolerance:.2f} points){changed}", highlight=False)
-    return 0 if r.reproduced else 1
+    if not args.run_ids and not args.tasks:
+        raise BenchError("bench eval needs runs to score: RUN_ID ... (`bench run --dry-run` lists ids) or --tasks T "
+                         "(every finished run of T in --results)")
+    run_ids = list(dict.fromkeys(args.run_ids))
+    left_out: list[str] = []
+    if args.tasks:
+        records, left_out = runs_of_tasks(args.results, _registries()["tasks"].resolve(args.tasks), args.split)
+        run_ids += [record.id for record in records if record.id not in run_ids]
+    for line in left_out:
+        console.print(line, highlight=False, soft_wrap=True)
+    if not run_ids:
+        raise BenchError(f"--tasks {args.tasks}: no finished run in {args.results} kept the tensors to score; run "
+                         "them first (bench run), or pass --results")
+    device = resolve_device(args.device)
+    loaded = LoadedTasks()
+    reproduced = not_reproduced = unscored = 0
+    for run_id in run_ids:
+        try:
+            r = rescore(args.results, run_id, args.split, args.data_root, device, warn_stderr, loaded)
+        except BenchError as exc:
+            if len(run_ids) == 1:
+                raise
+            # One run's damaged files or missing data must not cost the others their scores.
+            warn_stderr(str(exc) if run_id in str(exc) else f"run {run_id}: {exc}")
+            unscored += 1
+            continue
+        spec = r.spec
+        label = f"{run_id} ({spec.method}, {spec.task}, seed {spec.seed}) {r.split}"
+        changed = "" if r.changed is None else \
+            f", {r.changed} of {r.images} test predictions differ from the saved ones"
+        if r.recorded_on is not None and r.recorded_on.split(":")[0] != r.scored_on.split(":")[0]:
+            changed += f" (the run ran on {r.recorded_on}, this on {r.scored_on}: pass --device to score where it ran)"
+        if r.recorded is None:
+            console.print(f"{label}: {r.accuracy:.2f}% over {r.images} images; its record holds no {r.split} "
+                          f"accuracy to compare with{changed}", highlight=False)
+            reproduced += 1
+            continue
+        verdict = "reproduced" if r.reproduced else "NOT reproduced"
+        reproduced += r.reproduced
+        not_reproduced += not r.reproduced
+        console.print(f"{label}: {r.accuracy:.2f}% now, {r.recorded:.2f}% recorded: {verdict} "
+                      f"(tolerance one image, {r.tolerance:.2f} points){changed}", highlight=False)
+    if len(run_ids) > 1:
+        console.print(f"{len(run_ids)} run(s): {reproduced} reproduced, {not_reproduced} not reproduced, {unscored} "
+                      "could not be scored (their lines above)", highlight=False)
+    return 1 if not_reproduced else 2 if unscored else 0
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
@@ -537,7 +575,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         args.retry_artifacts, args.save_full,
     )
     if args.dry_run or args.budget is not None:
-        stages, model = _estimate(plan, store, device, args.jobs)
+        stages, model = _estimate(plan, execution)
         if args.budget is not None:
             _check_budget(stages, model, device, args.budget)
     if args.dry_run:
@@ -568,21 +606,23 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 1 if failed else 0
 
 
-def _estimate(plan: Plan, store: Store, device: str, jobs: int) -> tuple[list[StageEstimate], CostModel]:
-    """The plan's predicted cost on `device`, stage by stage, from the store's records and its calibration file."""
+def _estimate(plan: Plan, execution: Execution) -> tuple[list[StageEstimate], CostModel]:
+    """The plan's predicted cost on the execution's device, stage by stage, from the store's records and its
+    calibration file; the runs the grid would leave as they are (`Execution.leaves`) cost nothing."""
     import torch
 
     from bench.cost import CALIBRATION, CostModel, Estimator, base_tokens, observations_of, read_calibration
     from bench.engine import CODE_COMMIT, provenance
     from bench.scheduler import threads_per_worker
 
-    calibration = store.root / CALIBRATION
+    calibration = execution.store.root / CALIBRATION
     calibrated, day = read_calibration(calibration)
-    records = store.records()
-    model = CostModel(calibrated + observations_of(records), provenance(torch.device(device))["device"],
-                      threads_per_worker(jobs), {b: base_tokens(b) for b in {s.backbone for s in plan.known}},
+    records = execution.store.records()
+    model = CostModel(calibrated + observations_of(records), provenance(torch.device(execution.device))["device"],
+                      threads_per_worker(execution.jobs),
+                      {b: base_tokens(b) for b in {s.backbone for s in plan.known}},
                       commit=CODE_COMMIT, calibration=calibration, calibrated_on=day)
-    estimator = Estimator(model, plan.sizes, {r.id for r in records if r.done})
+    estimator = Estimator(model, plan.sizes, {r.id for r in records if execution.leaves(r, hash_files=False)})
     stages = []
     if plan.fixed:
         stages.append(estimator.stage("runs", [[spec] for spec in plan.fixed]))

@@ -478,7 +478,7 @@ class StageEstimate:
     """A stage's pending runs, the images they process and the seconds predicted for those with a basis.
 
     Attributes:
-        finished: runs of the stage already recorded (they cost nothing more).
+        finished: runs of the stage the grid leaves as recorded (they cost nothing more).
         unknown: predictions of the runs with no basis.
     """
 

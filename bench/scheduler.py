@@ -402,11 +402,16 @@ class Execution:
     save_full: bool = False  # keep the learned tensors of runs that learn the whole backbone (full fine-tuning)
 
     def finished(self, spec: RunSpec) -> bool:
-        record = self.store.read(spec.run_id)
+        return self.leaves(self.store.read(spec.run_id))
+
+    def leaves(self, record: RunRecord | None, hash_files: bool = True) -> bool:
+        """Whether a grid leaves the run with this record as it is: done (with whole artifacts, under
+        --retry-artifacts), or failed without --retry-failed. Without `hash_files` artifacts are checked by size only
+        (`artifacts.missing`), as a dry run does."""
         if record is None:
             return False
         if record.done:
-            return not (self.retry_artifacts and artifacts.missing(self.store.root, record))
+            return not (self.retry_artifacts and artifacts.missing(self.store.root, record, hash_files))
         return not self.retry_failed
 
 

@@ -6,6 +6,7 @@ the method's structure over it, the learned tensors loaded strictly), `rescore` 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from bench import BenchError
 from bench.artifacts import LEARNED, ArtifactError, load_predictions, load_tensors, read_record
 from bench.atomic import replacing
 from bench.backbone import Backbone, load_backbone
+from bench.config import RunSpec
 from bench.data import TASKS, LoadedTasks, Preprocess
 from bench.engine import _accuracy, learned_tensors, pipeline_backbone, pipeline_data, pipeline_head, predictions_of
 from bench.method import METHODS, BuildContext
@@ -98,7 +100,7 @@ def _check_backbone(record: RunRecord, backbone: Backbone) -> None:
 class Rescored:
     """A run scored again. `recorded`: the accuracy its record holds for the split (None when it has none);
     `changed`: test predictions that differ from the saved ones (None without saved predictions); `recorded_on`,
-    `scored_on`: the torch devices of the run and of this scoring."""
+    `scored_on`: the torch devices of the run and of this scoring; `spec`: the run's."""
 
     split: str
     accuracy: float
@@ -107,6 +109,7 @@ class Rescored:
     changed: int | None
     recorded_on: str | None
     scored_on: str
+    spec: RunSpec
 
     @property
     def tolerance(self) -> float:
@@ -121,11 +124,34 @@ class Rescored:
         return self.recorded is None or abs(self.accuracy - self.recorded) <= self.tolerance + 1e-9
 
 
+def runs_of_tasks(results: Path, tasks: list[str], split: str = "test") -> tuple[list[RunRecord], list[str]]:
+    """The finished runs of `tasks` in `results` that `rescore` can score on `split`, in (task, method, seed) order,
+    and a line per kind of run left out (counted): runs recorded before artifacts, runs that learned the whole
+    backbone without `--save-full`, and on test the tune-stage runs."""
+    from bench.store import Store
+
+    wanted = set(tasks)
+    scorable, left_out = [], Counter[str]()
+    for record in Store(results).records():
+        if not record.done or record.spec.task not in wanted:
+            continue
+        if record.artifacts is None:
+            left_out["recorded before runs kept artifacts (bench run --retry-artifacts regenerates them)"] += 1
+        elif LEARNED not in record.artifacts:
+            left_out["learned the whole backbone, which a run keeps only with bench run --save-full"] += 1
+        elif split == "test" and record.spec.stage == "tune":
+            left_out["tune-stage runs, which never read test (--split val scores them)"] += 1
+        else:
+            scorable.append(record)
+    scorable.sort(key=lambda r: (r.spec.task, r.spec.method, r.spec.backbone, r.spec.seed, r.id))
+    return scorable, [f"{n} run(s) left out: {why}" for why, n in left_out.items()]
+
+
 def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | None = None,
-            device: str = "cpu", warn: Callable[[str], None] = print) -> Rescored:
+            device: str = "cpu", warn: Callable[[str], None] = print, loaded: LoadedTasks | None = None) -> Rescored:
     """Score run `run_id`'s saved parameters on `split` as the engine scored it (the run's pipeline, batch size
     and precision) and hold the result against its record. A damaged predictions file only costs the per-image
-    comparison, with a line through `warn`.
+    comparison, with a line through `warn`. `loaded`: tasks already read, shared by the runs of one `bench eval`.
 
     Raises:
         BenchError: an unknown split, or the test split of a tune-stage run (the protocol never reads it).
@@ -140,7 +166,7 @@ def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | N
                          "use --split val")
     config = METHODS.get(spec.method).config_cls.from_overrides(spec.hparams)
     pipeline = Protocol.from_values(spec.protocol)
-    data = pipeline_data(LoadedTasks().get(TASKS.get(spec.task), data_root), pipeline)
+    data = pipeline_data((loaded or LoadedTasks()).get(TASKS.get(spec.task), data_root), pipeline)
     images = data.test if split == "test" else data.val
     dev = torch.device(device)
     scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -157,7 +183,7 @@ def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | N
             warn(str(exc))
     recorded = record.test_acc if split == "test" else record.val_acc
     recorded_on = record.provenance.torch_device if record.provenance is not None else None
-    return Rescored(split, accuracy, recorded, len(images), changed, recorded_on, str(dev))
+    return Rescored(split, accuracy, recorded, len(images), changed, recorded_on, str(dev), spec)
 
 
 def export_peft(results: Path, run_id: str, out: Path) -> list[Path]:

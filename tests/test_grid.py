@@ -27,6 +27,7 @@ import pytest
 from rich.console import Console
 
 from bench import BenchError
+from bench.artifacts import PREDICTIONS, relative_path
 from bench.backbone import DEFAULT_BACKBONE
 from bench.cli import main
 from bench.config import RunSpec
@@ -637,7 +638,17 @@ def test_dry_run_prints_the_grid_with_statuses_and_writes_nothing(tiny_registere
     assert main(fixed + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("pending") == 3 and re.search(rf"│ fixed .*│ done .*│ {specs[0].run_id} │", out), out
+    assert "runs: 3 run(s) to run (1 finished)" in _flat(out)
     assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
+    # The estimate counts what the grid would run: a done run whose artifacts are gone reruns under
+    # --retry-artifacts, and only then.
+    (results / relative_path(specs[0].run_id, PREDICTIONS)).unlink()
+    assert main(fixed + ["--dry-run"]) == 0
+    assert "runs: 3 run(s) to run (1 finished)" in _flat(capsys.readouterr().out)
+    assert main(fixed + ["--dry-run", "--retry-artifacts"]) == 0
+    out = _flat(capsys.readouterr().out)
+    assert "predictions missing" in out and "runs: 4 run(s) to run (0 finished)" in out
+    before = sorted(p.relative_to(results) for p in results.rglob("*"))
 
     tune = fixed[:]
     tune[tune.index("fixed")] = "tune"

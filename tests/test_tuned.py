@@ -6,6 +6,7 @@ only when asked, and a damaged artifact is one line that says how to regenerate 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import warnings
@@ -21,6 +22,7 @@ from bench.artifacts import (
     INIT, LEARNED, PREDICTIONS, ArtifactError, human_bytes, load_predictions, load_tensors, relative_path,
 )
 from bench.backbone import BACKBONES, ViTFeatures, load_backbone
+from bench.cli import main
 from bench.data import TASKS, Preprocess
 from bench.engine import learned_tensors
 from bench.method import METHODS, BuildContext
@@ -211,6 +213,42 @@ def test_python_load_run_and_bench_eval_after_a_tiny_bench_run(tmp_path):
         lines = failed.stderr.strip().splitlines()
         assert failed.returncode == 2 and len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
         assert "corrupt" in lines[0] and "--retry-artifacts" in lines[0]
+
+
+def test_bench_eval_tasks_scores_each_kept_run_and_a_damaged_one_costs_only_its_own_line(tiny_registered, tmp_path,
+                                                                                          capsys):
+    backbone, task = tiny_registered
+    vpt, linear = _run(tmp_path, "vpt-deep", backbone, task), _run(tmp_path, "linear", backbone, task)
+    _run(tmp_path, "full", backbone, task)  # keeps no learned tensors without --save-full
+    args = ["eval", "--tasks", task, "--results", str(tmp_path)]
+
+    def flat(text: str) -> str:
+        return " ".join(text.split())
+
+    assert main(args) == 0
+    out = flat(capsys.readouterr().out)
+    assert "1 run(s) left out: learned the whole backbone" in out
+    assert f"{vpt} (vpt-deep, {task}, seed 0) test:" in out and f"{linear} (linear, {task}, seed 0) test:" in out
+    assert out.count(": reproduced") == 2 and "2 run(s): 2 reproduced, 0 not reproduced, 0 could not be scored" in out
+
+    _flip(tmp_path / relative_path(linear, LEARNED))
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert linear in line and "corrupt" in line and "Traceback" not in captured.err
+    assert f"{vpt} (vpt-deep" in captured.out and "1 reproduced, 0 not reproduced, 1 could not be scored" in flat(
+        captured.out)
+
+    # A record whose accuracy the saved parameters do not give back (more than one image off) fails the check.
+    path = Store(tmp_path).path(vpt)
+    record = json.loads(path.read_text())
+    record["metrics"]["test_acc"] = (record["metrics"]["test_acc"] + 50.0) % 100.0
+    path.write_text(json.dumps(record))
+    assert main(["eval", vpt, "--results", str(tmp_path)]) == 1
+    assert "NOT reproduced" in capsys.readouterr().out
+
+    assert main(["eval", "--results", str(tmp_path)]) == 2
+    assert "bench eval needs runs to score" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("classes", [100, 200])
