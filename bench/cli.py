@@ -304,29 +304,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         console.print(f"note: {note}", style="dim", highlight=False, markup=False)
     for path in report.paths:
         console.print(f"wrote {path}", highlight=False)
-    if report.comparison is not None:
-        c = report.comparison
-        console.print(
-            f"{c.a} − {c.b}: {c.mean:+.2f} points over {c.pairs} (backbone, task, seed) pairs, "
-            f"{c.confidence:.0%} bootstrap CI [{c.low:+.2f}, {c.high:+.2f}]", highlight=False, markup=False
-        )
-        p = report.bayesian
-        console.print(
-            f"{p.a} vs {p.b}, Bayesian signed-rank test over {p.tasks} tasks (mean over seeds), ROPE ±{p.rope:g} "
-            f"points: P({p.a} better) {p.p_a:.3f}, P(practically equivalent) {p.p_rope:.3f}, P({p.b} better) "
-            f"{p.p_b:.3f}: {p.verdict} at {p.threshold:g}", highlight=False, markup=False
-        )
-        if (i := report.per_image) is not None:
-            ahead, behind = i.discordant
-            significant = [cell for cell in i.cells if cell.pvalue < 0.05]
-            console.print(
-                f"{i.a} − {i.b} per image, on {len(i.cells)} (backbone, task, seed) cells, "
-                f"{sum(cell.n for cell in i.cells)} image pairs: {i.mean:+.2f} points, {i.confidence:.0%} "
-                f"hierarchical bootstrap CI (tasks, seeds, images) [{i.low:+.2f}, {i.high:+.2f}]; McNemar's exact "
-                f"test: {i.a} alone right on {ahead} images, {i.b} alone on {behind}, pooled two-sided p = "
-                f"{i.pvalue:.3g}; cells with p < 0.05: {len(significant)} "
-                f"({sum(cell.b > cell.c for cell in significant)} for {i.a})", highlight=False, markup=False
-            )
+    for result in (report.comparison, report.bayesian, report.per_image):
+        if result is not None:
+            console.print(result.describe(), highlight=False, markup=False)
     return 0
 
 

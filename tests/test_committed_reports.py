@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from bench.report import WRITTEN_LIST, build_report
+from bench.report import ROPE, WRITTEN_LIST, build_report
 
 RESULTS = Path(__file__).parents[1] / "results"
 # The stores whose report/ folder is committed beside their records.
@@ -25,8 +26,15 @@ def test_the_committed_stores_are_found() -> None:
 @pytest.mark.parametrize("store", STORES)
 def test_a_committed_report_regenerates_byte_for_byte(store: str, tmp_path: Path) -> None:
     committed = RESULTS / store / "report"
-    # A report committed with `bench report --rank` holds the rank table; it regenerates with the flag.
-    build_report(RESULTS / store, tmp_path, rank=(committed / "ranks.md").exists())
+    # A report committed with `bench report --rank` holds the rank table, one made with `--compare A,B --rope R` the
+    # comparison, which names A, B and R; it regenerates with the same flags.
+    compared = committed / "comparison.csv"
+    pair, rope = None, ROPE
+    if compared.exists():
+        first = pd.read_csv(compared).set_index("test")
+        pair = (first["a"].iloc[0], first["b"].iloc[0])
+        rope = float(first.loc["Bayesian signed-rank", "rope"])
+    build_report(RESULTS / store, tmp_path, compare_pair=pair, rank=(committed / "ranks.md").exists(), rope=rope)
     # The list of what a report wrote: the same tables and figures, none skipped, none added.
     assert (tmp_path / WRITTEN_LIST).read_text() == (committed / WRITTEN_LIST).read_text()
     tables = sorted(path for path in committed.iterdir() if path.suffix in TABLE_FORMATS)

@@ -341,6 +341,17 @@ def test_report_writes_calibration_and_compare_prints_the_per_image_result_besid
             in printed)
     assert "spt-deep alone right on 2 images, vpt-deep alone on 2, pooled two-sided p = 1;" in printed
     assert "P(practically equivalent)" in printed
+    # The same three results, written: the sentences printed, the numbers unrounded, McNemar's counts per cell.
+    written = pd.read_csv(out / "comparison.csv").set_index("test")
+    assert list(written.index) == ["seed-level bootstrap", "Bayesian signed-rank",
+                                   "per image: McNemar, hierarchical bootstrap"]
+    assert set(written["a"]) == {"spt-deep"} and set(written["b"]) == {"vpt-deep"}
+    assert written.loc["seed-level bootstrap", "estimate"] == pytest.approx(3.125)
+    assert written.loc["per image: McNemar, hierarchical bootstrap", "estimate"] == pytest.approx(-9.375)
+    assert all(sentence in printed for sentence in written["result"])
+    cells = pd.read_csv(out / "comparison_cells.csv")
+    assert cells[["task", "seed", "images", "spt-deep alone right", "vpt-deep alone right"]].values.tolist() == [
+        ["digits", 0, 8, 2, 0], ["digits", 1, 8, 0, 1], ["mnist5k", 0, 4, 0, 1]]
     table = pd.read_csv(out / "calibration.csv").set_index("method")
     # ECE per run: one bin each, |accuracy − confidence|; digits' cell is the mean over the two seeds.
     assert table.loc["vpt-deep", "digits"] == pytest.approx((abs(50 - 90) + abs(62.5 - 60)) / 2)

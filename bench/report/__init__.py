@@ -23,7 +23,9 @@ from bench.record import COLUMNS
 from bench.report.calibration import (
     BINS, Reliability, calibration_frame, calibration_table, fig_reliability, reliability,
 )
-from bench.report.comparison import ROPE, Bayesian, Comparison, bayesian, compare, paired
+from bench.report.comparison import (
+    CELLS, COMPARISON, ROPE, Bayesian, Comparison, bayesian, compare, paired, write_comparison,
+)
 from bench.report.figures import (
     FIGURES, INIT_ORDER, SHARED_CORES_BELOW, fig_backbone_size, fig_data_fraction, fig_init_ablation, fig_nmi,
     fig_pareto, fig_prompt_length, fig_val_curves, init_ablation_stats, val_curves,
@@ -129,9 +131,10 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
         paths += write_table(calibration_table(calibrated), out, formats)
         paths += fig_reliability(calibrated, scores, out)
     images = None
-    if compare_pair:
-        images, image_notes = per_image(*compare_pair, paired(runs, *compare_pair), scores)
+    if comparison is not None and posterior is not None:
+        images, image_notes = per_image(comparison.a, comparison.b, paired(runs, *compare_pair), scores)
         notes += image_notes
+        paths += write_comparison(out, formats, comparison, posterior, images)
     beside = None
     if published:
         matched = compare_published(runs, load_published())
@@ -157,6 +160,7 @@ def build_report(results: str | Path, out: str | Path, formats: Sequence[str] = 
             paths += fig_critical_difference(rankings, out)
     # What a flag writes stays from an earlier report made with it, when this one was not asked for it.
     unasked = ({"published"} if not published else set()) | ({"ranks", "critical_difference"} if not rank else set())
+    unasked |= {COMPARISON, CELLS} if not compare_pair else set()
     notes += _drop_stale(out, paths, unasked)
     return Report(summary, paths, notes, comparison, beside, posterior, images, rankings)
 

@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from bench import BenchError
 from bench.record import COLUMNS
+from bench.report.rendering import tex_escape
+
+if TYPE_CHECKING:
+    from bench.report.perimage import PerImage
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,10 @@ class Comparison:
     low: float
     high: float
     confidence: float
+
+    def describe(self) -> str:
+        return (f"{self.a} − {self.b}: {self.mean:+.2f} points over {self.pairs} (backbone, task, seed) pairs, "
+                f"{self.confidence:.0%} bootstrap CI [{self.low:+.2f}, {self.high:+.2f}]")
 
 
 def _select(runs: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -93,6 +103,11 @@ class Bayesian:
                 return verdict
         return "undecided"
 
+    def describe(self) -> str:
+        return (f"{self.a} vs {self.b}, Bayesian signed-rank test over {self.tasks} tasks (mean over seeds), ROPE "
+                f"±{self.rope:g} points: P({self.a} better) {self.p_a:.3f}, P(practically equivalent) "
+                f"{self.p_rope:.3f}, P({self.b} better) {self.p_b:.3f}: {self.verdict} at {self.threshold:g}")
+
 
 def bayesian(runs: pd.DataFrame, a: str, b: str, rope: float = ROPE, threshold: float = THRESHOLD,
              samples: int = 50_000, seed: int = 0) -> Bayesian:
@@ -119,3 +134,68 @@ def bayesian(runs: pd.DataFrame, a: str, b: str, rope: float = ROPE, threshold: 
                                        nsamples=samples, random_state=seed)
     p_a, p_rope, p_b = (float(p) for p in posterior.probs(with_rope=True))
     return Bayesian(a, b, len(per_task), rope, p_a, p_rope, p_b, threshold)
+
+
+COMPARISON, CELLS = "comparison", "comparison_cells"
+
+
+def write_comparison(out: Path, formats: Sequence[str], comparison: Comparison, posterior: Bayesian,
+                     images: PerImage | None) -> list[Path]:
+    """`comparison.*`: the seed-level bootstrap, the Bayesian test and, with saved predictions, the per-image
+    result, one row each, in the sentences `bench report --compare` prints; and with the per-image result,
+    `comparison_cells.*`, McNemar's counts per (backbone, task, seed). The CSV holds the numbers unrounded, with the
+    pair and the ROPE, so the comparison can be made again from the file alone."""
+    a, b = comparison.a, comparison.b
+    rows = [{"test": "seed-level bootstrap", "over": f"{comparison.pairs} (backbone, task, seed) pairs",
+             "estimate": comparison.mean, "low": comparison.low, "high": comparison.high,
+             "confidence": comparison.confidence, "result": comparison.describe()},
+            {"test": "Bayesian signed-rank", "over": f"{posterior.tasks} tasks", "rope": posterior.rope,
+             "p_a_better": posterior.p_a, "p_equivalent": posterior.p_rope, "p_b_better": posterior.p_b,
+             "verdict": posterior.verdict, "result": posterior.describe()}]
+    if images is not None:
+        ahead, behind = images.discordant
+        rows.append({"test": "per image: McNemar, hierarchical bootstrap",
+                     "over": f"{len(images.cells)} cells, {sum(c.n for c in images.cells)} image pairs",
+                     "estimate": images.mean, "low": images.low, "high": images.high,
+                     "confidence": images.confidence, "a_only": ahead, "b_only": behind, "p_value": images.pvalue,
+                     "result": images.describe()})
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "b", b)
+    frame.insert(0, "a", a)
+    title = f"{a} − {b}"
+    paths = _write(out / COMPARISON, formats, frame, ["test", "result"], title)
+    if images is not None:
+        cells = pd.DataFrame([{"backbone": c.backbone, "task": c.task, "seed": c.seed, "images": c.n,
+                               f"{a} alone right": c.b, f"{b} alone right": c.c, "p_value": c.pvalue}
+                              for c in sorted(images.cells, key=lambda c: (c.backbone, c.task, c.seed))])
+        paths += _write(out / CELLS, formats, cells, list(cells.columns),
+                        f"{title}, McNemar's exact test per (backbone, task, seed)")
+    return paths
+
+
+def _write(stem: Path, formats: Sequence[str], frame: pd.DataFrame, shown: list[str], title: str) -> list[Path]:
+    """The CSV holds every column; Markdown and LaTeX show the `shown` ones (p-values to 3 significant digits)."""
+    text = frame[shown].astype(object).map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "md":
+            lines = [f"**{title}**", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+            lines += ["| " + " | ".join(row) + " |" for row in text.itertuples(index=False)]
+            path.write_text("\n".join(lines) + "\n")
+        else:
+            # pdflatex's default input encoding has no minus sign or plus-minus of its own.
+            def tex(value: str) -> str:
+                return tex_escape(value).replace("−", "$-$").replace("±", "$\\pm$")
+
+            columns = "".join("p{0.7\\linewidth}" if c == "result" else "l" for c in shown)
+            lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{tex(title)}}}",
+                     f"\\begin{{tabular}}{{{columns}}}", "\\toprule",
+                     " & ".join(tex(c) for c in shown) + " \\\\", "\\midrule"]
+            lines += [" & ".join(tex(v) for v in row) + " \\\\" for row in text.itertuples(index=False)]
+            lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+            path.write_text("\n".join(lines))
+        paths.append(path)
+    return paths

@@ -100,6 +100,16 @@ class PerImage:
         would; the bootstrap beside it resamples seeds and tasks for that."""
         return mcnemar_exact(*self.discordant)
 
+    def describe(self) -> str:
+        ahead, behind = self.discordant
+        significant = [cell for cell in self.cells if cell.pvalue < 0.05]
+        return (f"{self.a} − {self.b} per image, on {len(self.cells)} (backbone, task, seed) cells, "
+                f"{sum(cell.n for cell in self.cells)} image pairs: {self.mean:+.2f} points, {self.confidence:.0%} "
+                f"hierarchical bootstrap CI (tasks, seeds, images) [{self.low:+.2f}, {self.high:+.2f}]; McNemar's "
+                f"exact test: {self.a} alone right on {ahead} images, {self.b} alone on {behind}, pooled two-sided "
+                f"p = {self.pvalue:.3g}; cells with p < 0.05: {len(significant)} "
+                f"({sum(cell.b > cell.c for cell in significant)} for {self.a})")
+
 
 def pair_cells(joined: pd.DataFrame, scores: dict[str, Scores]) -> tuple[list[tuple[McNemar, np.ndarray]], list[str]]:
     """For each (backbone, task, seed) of `comparison.paired`'s grid whose two runs both have scores: its McNemar

@@ -18,13 +18,13 @@ _TEX_SPECIAL = str.maketrans({"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%",
                               "$": "\\$", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\^{}"})
 
 
-def _tex_escape(text: str) -> str:
+def tex_escape(text: str) -> str:
     return text.translate(_TEX_SPECIAL)
 
 
 def _number(cell: Cell, kind: str, fmt: str) -> str:
     if kind == "text" and cell.text is not None:
-        return _tex_escape(cell.text) if fmt == "tex" else cell.text
+        return tex_escape(cell.text) if fmt == "tex" else cell.text
     if cell.mean is None:
         return MISSING[fmt]
     if kind == "count":
@@ -49,7 +49,7 @@ def _number(cell: Cell, kind: str, fmt: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs `table` environment, ready for `\\input` (needs `\\usepackage{booktabs}`)."""
-    header = ["Backbone", "Method", *[_tex_escape(c.label) for c in table.columns]]
+    header = ["Backbone", "Method", *[tex_escape(c.label) for c in table.columns]]
     spec = "ll" + "".join("c" if c.kind == "acc" else "l" if c.kind == "text" else "r" for c in table.columns)
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{table.caption}}}",
              f"\\label{{tab:{table.key}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
@@ -67,12 +67,12 @@ def to_latex(table: Table) -> str:
     for backbone, variant, cells in table.rows:
         if previous is not None and backbone != previous:
             lines.append("\\midrule")
-        shown = _tex_escape(backbone) if backbone != previous else ""
+        shown = tex_escape(backbone) if backbone != previous else ""
         values = [_number(cells.get(c.key, Cell()), c.kind, "tex") for c in table.columns]
-        lines.append(" & ".join([shown, _tex_escape(variant), *values]) + " \\\\")
+        lines.append(" & ".join([shown, tex_escape(variant), *values]) + " \\\\")
         previous = backbone
     lines += ["\\bottomrule", "\\end{tabular}"]
-    lines += [f"\\par{{\\footnotesize {_tex_escape(line)}}}" for line in table.protocol]
+    lines += [f"\\par{{\\footnotesize {tex_escape(line)}}}" for line in table.protocol]
     lines += ["\\end{table}", ""]
     return "\n".join(lines)
 
