@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from bench.cost import CostModel, StageEstimate
     from bench.scheduler import Execution, Plan
     from bench.store import Store
+    from bench.tuned import Rescored
 
 # The first table a new user sees shows what the harness is for: a prompt method against its two baselines (raw
 # pixels; a linear probe of the frozen backbone) on a micro task where the pre-trained backbone matters (counting
@@ -226,7 +227,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
                          "them first (bench run), or pass --results")
     device = resolve_device(args.device)
     loaded = LoadedTasks()
-    reproduced = not_reproduced = unscored = 0
+    outcomes: Counter[str] = Counter()
+    unscored = "could not be scored (the warnings above)"
     for run_id in run_ids:
         try:
             r = rescore(args.results, run_id, args.split, args.data_root, device, warn_stderr, loaded)
@@ -235,28 +237,31 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
                 raise
             # One run's damaged files or missing data must not cost the others their scores.
             warn_stderr(str(exc) if run_id in str(exc) else f"run {run_id}: {exc}")
-            unscored += 1
+            outcomes[unscored] += 1
             continue
-        spec = r.spec
-        label = f"{run_id} ({spec.method}, {spec.task}, seed {spec.seed}) {r.split}"
-        changed = "" if r.changed is None else \
-            f", {r.changed} of {r.images} test predictions differ from the saved ones"
-        if r.recorded_on is not None and r.recorded_on.split(":")[0] != r.scored_on.split(":")[0]:
-            changed += f" (the run ran on {r.recorded_on}, this on {r.scored_on}: pass --device to score where it ran)"
-        if r.recorded is None:
-            console.print(f"{label}: {r.accuracy:.2f}% over {r.images} images; its record holds no {r.split} "
-                          f"accuracy to compare with{changed}", highlight=False)
-            reproduced += 1
-            continue
-        verdict = "reproduced" if r.reproduced else "NOT reproduced"
-        reproduced += r.reproduced
-        not_reproduced += not r.reproduced
-        console.print(f"{label}: {r.accuracy:.2f}% now, {r.recorded:.2f}% recorded: {verdict} "
-                      f"(tolerance one image, {r.tolerance:.2f} points){changed}", highlight=False)
+        outcome, line = _rescored_line(run_id, r)
+        outcomes[outcome] += 1
+        console.print(line, highlight=False)
     if len(run_ids) > 1:
-        console.print(f"{len(run_ids)} run(s): {reproduced} reproduced, {not_reproduced} not reproduced, {unscored} "
-                      "could not be scored (their lines above)", highlight=False)
-    return 1 if not_reproduced else 2 if unscored else 0
+        console.print(f"{len(run_ids)} run(s): " + ", ".join(f"{n} {what}" for what, n in outcomes.items()),
+                      highlight=False)
+    return 1 if outcomes["NOT reproduced"] else 2 if outcomes[unscored] else 0
+
+
+def _rescored_line(run_id: str, r: Rescored) -> tuple[str, str]:
+    """The outcome of a re-scored run (reproduced, NOT reproduced, nothing recorded to compare) and its line."""
+    spec = r.spec
+    label = f"{run_id} ({spec.method}, {spec.task}, seed {spec.seed}) {r.split}"
+    changed = "" if r.changed is None else f", {r.changed} of {r.images} test predictions differ from the saved ones"
+    if r.recorded_on is not None and r.recorded_on.split(":")[0] != r.scored_on.split(":")[0]:
+        changed += f" (the run ran on {r.recorded_on}, this on {r.scored_on}: pass --device to score where it ran)"
+    if r.recorded is None:
+        return "scored with no recorded accuracy to compare", (
+            f"{label}: {r.accuracy:.2f}% over {r.images} images; its record holds no {r.split} accuracy to compare "
+            f"with{changed}")
+    verdict = "reproduced" if r.reproduced else "NOT reproduced"
+    return verdict, (f"{label}: {r.accuracy:.2f}% now, {r.recorded:.2f}% recorded: {verdict} (tolerance one image, "
+                     f"{r.tolerance:.2f} points){changed}")
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
