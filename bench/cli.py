@@ -552,7 +552,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, results=args.results, sets=args.sets,
         backbones=[name.strip() for name in args.backbone.split(",") if name.strip()], epochs=args.epochs,
         weights=args.weights, recipe=args.recipe, protocol=args.protocol, data_root=args.data_root,
-        backend=args.backend, dask_address=args.scheduler, tuned=args.from_tuned,
+        backend=args.backend, dask_address=args.scheduler, picks_file=args.from_tuned,
     ))
     store = Store(args.results)
     execution = Execution(
@@ -661,7 +661,7 @@ def _dry_run(plan: Plan, store: Store, console: Console, stages: list[StageEstim
         line += (f"; stage 2 trains {plan.selections} selected setting(s) in {plan.final_runs} run(s) "
                  f"({'--seeds' if plan.seeds is not None else 'the final seeds of each recipe'})")
     if plan.picks:
-        line += f", {len(plan.picked_finals)} of them with the picks of {plan.tuned} (stage 1 skipped there)"
+        line += f", {len(plan.picked_finals)} of them with the picks of {plan.picks_file} (stage 1 skipped there)"
     # The budget per method, which a fair comparison gives every method alike (`--recipe shared`).
     if plan.fixed:
         line += f"\nfixed runs per task: {_per_task(plan.fixed)}"

@@ -150,7 +150,7 @@ class RunRequest:
     data_root: Path | None = None
     backend: str = "loky"
     dask_address: str | None = None
-    tuned: Path | None = None
+    picks_file: Path | None = None  # --from-tuned
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class Plan:
     swept: frozenset[str] = frozenset()
     sizes: dict[str, SplitSizes] = field(default_factory=dict)
     picks: dict[Cell, Pick] = field(default_factory=dict)
-    tuned: Path | None = None
+    picks_file: Path | None = None
 
     @property
     def known(self) -> list[RunSpec]:
@@ -244,7 +244,7 @@ def plan_run(request: RunRequest) -> Plan:
     grids = {protocol: Grid(method_names, names, request.backbones, seeds, sweeps, weights, request.recipe)
              for protocol, names in tasks_by_protocol.items()}
     tuning = grids["tune"].tuning_specs() if "tune" in grids else []
-    picks = _covered(read_picks(request.tuned), tuning, request.tuned) if request.tuned is not None else {}
+    picks = _covered(read_picks(request.picks_file), tuning, request.picks_file) if request.picks_file else {}
     return Plan(
         fixed=grids["fixed"].fixed_specs() if "fixed" in grids else [],
         tuning=[spec for spec in tuning if cell(spec) not in picks],
@@ -252,7 +252,7 @@ def plan_run(request: RunRequest) -> Plan:
         swept=frozenset(sweeps),
         sizes=sizes,
         picks=picks,
-        tuned=request.tuned,
+        picks_file=request.picks_file,
     )
 
 
@@ -357,7 +357,7 @@ def run_plan(plan: Plan, execution: Execution, progress: GridEvents) -> PlanResu
         # Where each final run's setting came from, for its record: this stage 1, or the picks file.
         chosen = [(spec, {"from": "stage 1", "run": spec.run_id, "val_acc": execution.store.read(spec.run_id).val_acc})
                   for spec in best.values()]
-        chosen += [(pick.spec, pick.origin(plan.tuned)) for pick in plan.picks.values()]
+        chosen += [(pick.spec, pick.origin(plan.picks_file)) for pick in plan.picks.values()]
         origins = {final.run_id: origin for spec, origin in chosen for final in final_specs({0: spec}, plan.seeds)}
         finals = final_specs(best, plan.seeds) + plan.picked_finals
         result.outcomes += execute(finals, execution, progress, "stage 2: train+val -> test", origins).outcomes

@@ -310,7 +310,7 @@ def test_from_tuned_skips_stage_1_and_trains_the_exported_hyper_parameters(tuned
     results, picks = tuned
     plan = plan_run(RunRequest(methods="linear", tasks="sprites-loc,shapes-count", backbones=["micro-mae"],
                                seeds=[0, 1], results=tmp_path / "b", sets=["lr=0.1,0.01", "weight_decay=0,0.001"],
-                               epochs=1, protocol="tune", tuned=picks))
+                               epochs=1, protocol="tune", picks_file=picks))
     # sprites-loc is covered: no stage-1 run of it; shapes-count is not: its stage 1 stays.
     assert {s.task for s in plan.tuning} == {"shapes-count"} and len(plan.tuning) == 4
     exported = json.loads(picks.read_text())["picks"][0]["spec"]["hparams"]
