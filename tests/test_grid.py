@@ -149,6 +149,11 @@ def test_the_micro_studys_documented_commands_name_exactly_its_committed_records
     ]
     planned = {spec.run_id for grid in grids for spec in grid.fixed_specs()}
     assert planned == {path.stem for path in (RESULTS / "micro-study" / "runs").glob("*.json")}
+    # The rerun with artifacts (its `bench run` line): the same runs of two tasks, under the same ids.
+    rerun = Grid(["vpt-deep", "spt-deep"], ["sprites-loc", "digits"], ["micro-mae"], [0, 1, 2], recipe="spt-paper")
+    rerun_ids = {spec.run_id for spec in rerun.fixed_specs()}
+    assert rerun_ids == {path.stem for path in (RESULTS / "micro-study-rerun" / "runs").glob("*.json")}
+    assert rerun_ids < planned
 
 
 def test_every_committed_record_is_named_by_the_id_recomputed_from_its_own_spec():

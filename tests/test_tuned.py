@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,6 +250,20 @@ def test_bench_eval_tasks_scores_each_kept_run_and_a_damaged_one_costs_only_its_
 
     assert main(["eval", "--results", str(tmp_path)]) == 2
     assert "bench eval needs runs to score" in capsys.readouterr().err
+
+
+RERUN = Path(__file__).parents[1] / "results" / "micro-study-rerun"
+
+
+@pytest.mark.parametrize("method", ["spt-deep", "vpt-deep"])
+def test_the_committed_micro_study_runs_load_and_score_their_recorded_accuracy_again(method):
+    """The artifacts committed with the micro study's rerun prompt runs, as a fresh clone has them: the tuned model
+    loads, and scoring it on the embedded test split gives the recorded accuracy and the saved predictions (one
+    image of slack: another CPU may round a near-tie the other way)."""
+    record = next(r for r in Store(RERUN).records() if r.spec.method == method)
+    again = rescore(RERUN, record.id)
+    assert again.recorded == record.test_acc and again.reproduced, (again.accuracy, record.test_acc)
+    assert again.changed is not None and again.changed <= 1 and again.images == 500
 
 
 @pytest.mark.parametrize("classes", [100, 200])
