@@ -210,7 +210,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     """Exit 0 when every run scored reproduced its record, 1 when one did not, 2 when one could not be scored (or
     nothing was selected)."""
     from bench.store import warn_stderr
-    from bench.tuned import LoadedTasks, rescore, runs_of_tasks
+    from bench.engine import Caches
+    from bench.tuned import rescore, runs_of_tasks
 
     if not args.run_ids and not args.tasks:
         raise BenchError("bench eval needs runs to score: RUN_ID ... (`bench run --dry-run` lists ids) or --tasks T "
@@ -226,12 +227,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         raise BenchError(f"--tasks {args.tasks}: no finished run in {args.results} kept the tensors to score; run "
                          "them first (bench run), or pass --results")
     device = resolve_device(args.device)
-    loaded = LoadedTasks()
+    caches = Caches()  # each task and backbone is loaded once for all the runs
     outcomes: Counter[str] = Counter()
     unscored = "could not be scored (the warnings above)"
     for run_id in run_ids:
         try:
-            r = rescore(args.results, run_id, args.split, args.data_root, device, warn_stderr, loaded)
+            r = rescore(args.results, run_id, args.split, args.data_root, device, warn_stderr, caches)
         except BenchError as exc:
             if len(run_ids) == 1:
                 raise

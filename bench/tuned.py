@@ -20,7 +20,9 @@ from bench.atomic import replacing
 from bench.backbone import Backbone, load_backbone
 from bench.config import RunSpec
 from bench.data import TASKS, LoadedTasks, Preprocess
-from bench.engine import _accuracy, learned_tensors, pipeline_backbone, pipeline_data, pipeline_head, predictions_of
+from bench.engine import (
+    Caches, _accuracy, learned_tensors, pipeline_backbone, pipeline_data, pipeline_head, predictions_of,
+)
 from bench.method import METHODS, BuildContext
 from bench.protocol import Protocol
 from bench.record import RunRecord
@@ -48,8 +50,9 @@ class Tuned(nn.Module):
         return self.head(self.trunk(images))
 
 
-def load_run(results: str | Path, run_id: str, device: str = "cpu") -> Tuned:
-    """Run `run_id`'s tuned model from `results`, in eval mode on `device`, ready to evaluate.
+def load_run(results: str | Path, run_id: str, device: str = "cpu", caches: Caches | None = None) -> Tuned:
+    """Run `run_id`'s tuned model from `results`, in eval mode on `device`, ready to evaluate. `caches`: backbones
+    already loaded, which the runs of one `bench eval` share (each run adapts its own copy).
 
     Raises:
         ArtifactError: no record, or its learned tensors are missing, corrupt, or do not fit the method as built.
@@ -64,7 +67,8 @@ def load_run(results: str | Path, run_id: str, device: str = "cpu") -> Tuned:
     method = METHODS.get(spec.method)
     config = method.config_cls.from_overrides(spec.hparams)
     pipeline = Protocol.from_values(spec.protocol)
-    backbone = load_backbone(spec.backbone, spec.weights, drop_path=config.drop_path)
+    load = caches.backbones.get if caches is not None else load_backbone
+    backbone = load(spec.backbone, spec.weights, drop_path=config.drop_path)
     pipeline_backbone(backbone, pipeline)  # before the check: the engine described the backbone after it
     _check_backbone(record, backbone)
     preprocess = Preprocess(backbone.input_size, *pipeline.mean_std(backbone.mean, backbone.std))
@@ -148,17 +152,18 @@ def runs_of_tasks(results: Path, tasks: list[str], split: str = "test") -> tuple
 
 
 def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | None = None,
-            device: str = "cpu", warn: Callable[[str], None] = print, loaded: LoadedTasks | None = None) -> Rescored:
+            device: str = "cpu", warn: Callable[[str], None] = print, caches: Caches | None = None) -> Rescored:
     """Score run `run_id`'s saved parameters on `split` as the engine scored it (the run's pipeline, batch size
     and precision) and hold the result against its record. A damaged predictions file only costs the per-image
-    comparison, with a line through `warn`. `loaded`: tasks already read, shared by the runs of one `bench eval`.
+    comparison, with a line through `warn`. `caches`: the tasks and backbones already loaded, shared by the runs of
+    one `bench eval`.
 
     Raises:
         BenchError: an unknown split, or the test split of a tune-stage run (the protocol never reads it).
     """
     if split not in SPLITS:
         raise BenchError(f"--split {split!r} is not valid; use test or val")
-    model = load_run(results, run_id, device)
+    model = load_run(results, run_id, device, caches)
     record = model.record
     spec = record.spec
     if split == "test" and spec.stage == "tune":
@@ -166,7 +171,8 @@ def rescore(results: Path, run_id: str, split: str = "test", data_root: Path | N
                          "use --split val")
     config = METHODS.get(spec.method).config_cls.from_overrides(spec.hparams)
     pipeline = Protocol.from_values(spec.protocol)
-    data = pipeline_data((loaded or LoadedTasks()).get(TASKS.get(spec.task), data_root), pipeline)
+    tasks = caches.tasks if caches is not None else LoadedTasks()
+    data = pipeline_data(tasks.get(TASKS.get(spec.task), data_root), pipeline)
     images = data.test if split == "test" else data.val
     dev = torch.device(device)
     scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []

@@ -25,7 +25,7 @@ from bench.artifacts import (
 from bench.backbone import BACKBONES, ViTFeatures, load_backbone
 from bench.cli import main
 from bench.data import TASKS, Preprocess
-from bench.engine import learned_tensors
+from bench.engine import Caches, learned_tensors
 from bench.method import METHODS, BuildContext
 from bench.recipes import make_spec
 from bench.registry import Entry
@@ -185,6 +185,11 @@ def test_rescore_reproduces_the_record_and_counts_changed_predictions(tiny_regis
     assert test.reproduced and test.tolerance == 100.0 / 16
     val = rescore(tmp_path, run_id, "val")
     assert val.accuracy == record.val_acc and val.changed is None
+    # Runs scored together (`bench eval --tasks`) share one load of each task and backbone, and score the same.
+    caches = Caches()
+    shared = [rescore(tmp_path, run_id, caches=caches) for _ in range(2)]
+    assert [r.accuracy for r in shared] == [record.test_acc] * 2 and [r.changed for r in shared] == [0, 0]
+    assert (caches.backbones.loads, caches.tasks.loads) == (1, 1)
     warnings: list[str] = []
     (tmp_path / relative_path(run_id, PREDICTIONS)).unlink()
     assert rescore(tmp_path, run_id, warn=warnings.append).changed is None
