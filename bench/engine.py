@@ -201,7 +201,8 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
     # The field's protocol: tuning scores on val and never reads test; the final stage trains on train+val (or on
     # train, `final_train=train`: VPT's FGVC) and is the only stage that reads test; `fixed` trains on train, follows
     # val and reports test.
-    train_split = data.train.merged_with(data.val) if trains_on_val(spec.stage, pipeline) else data.train
+    merged = trains_on_val(spec.stage, pipeline)
+    train_split = data.train.merged_with(data.val) if merged else data.train
     scores_val = spec.stage != "final"
 
     torch.manual_seed(spec.seed)
@@ -238,7 +239,7 @@ def prepare(spec: RunSpec, dev: torch.device, data_root: Path | None, caches: Ca
         # (The batch size is in the key only because float results may differ, in the last bits, across batch sizes.)
         source = (spec.method, type(adapted.trunk).__qualname__, adapted.info, backbone_info, spec.task,
                   data.info, batch, dev.type, *([spec.protocol] if spec.protocol else []))
-        train_name = "train+val" if trains_on_val(spec.stage, pipeline) else "train"
+        train_name = "train+val" if merged else "train"
         with timers["feature_cache"]:
             train_in = _cached_features(caches.features, source, train_name, adapted.trunk, train_split, preprocess,
                                         batch, dev, pipeline.precision)

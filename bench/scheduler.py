@@ -200,9 +200,7 @@ class Plan:
     def final_runs(self) -> int:
         """The runs stage 2 will train: each selection once per final seed of its recipe (or `--seeds`), the picks'
         included."""
-        recipe_of = {_group(spec): spec.recipe for spec in self.tuning}
-        return sum(len(recipes.final_seeds(recipe, self.seeds)) for recipe in recipe_of.values()) \
-            + len(self.picked_finals)
+        return len(self.final_candidates())
 
 
 def plan_run(request: RunRequest) -> Plan:
