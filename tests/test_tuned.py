@@ -255,6 +255,10 @@ def test_bench_eval_tasks_scores_each_kept_run_and_a_damaged_one_costs_only_its_
 
     assert main(["eval", "--results", str(tmp_path)]) == 2
     assert "bench eval needs runs to score" in capsys.readouterr().err
+    # A task whose runs kept nothing to score (here: none ran) is one line, not an empty success.
+    assert main(["eval", "--tasks", "digits", "--results", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--tasks digits: no finished run" in line and "Traceback" not in line
 
 
 RERUN = Path(__file__).parents[1] / "results" / "micro-study-rerun"
